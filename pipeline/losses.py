@@ -1,0 +1,457 @@
+"""The six clustering losses of the tutorial, each defined once (see shared/LOSSES.md).
+
+Everything here works on torch tensors and runs unchanged on CPU or CUDA. Computation
+happens in the dtype of `X` (float32 in the engine, float64 in tests); every sum over
+points is accumulated in float64.
+
+Notation: `r = x - mu` (a residual vector), `d = ||r||_2`.
+
+| loss                  | loss(x, mu)                                   | parameter |
+|-----------------------|-----------------------------------------------|-----------|
+| square                | sum_j r_j^2                                   |           |
+| absolute              | sum_j |r_j|                                   |           |
+| huber                 | sum_j h(r_j), h = t^2/2 or delta(|t|-delta/2) | delta     |
+| pseudo_huber          | sum_j delta^2 (sqrt(1 + (r_j/delta)^2) - 1)   | delta     |
+| correntropy           | 1 - exp(-d^2 / (2 sigma^2))                   | sigma     |
+| epsilon_insensitive   | max(0, d - epsilon)                           | epsilon   |
+
+Public functions: `pointwise_loss`, `cost_matrix`, `assign`, `loss_to_centers`,
+`cluster_objectives`, `update_centers`, `polish_centers`, `auto_param`, `validate_param`.
+No function loops in Python over points or point-center pairs: work is done in row
+chunks (and center chunks) whose size is bounded by `max_chunk_bytes`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+
+from .errors import UserError
+
+LOSS_NAMES = ("square", "absolute", "huber", "pseudo_huber", "correntropy", "epsilon_insensitive")
+PARAM_NAME = {"huber": "delta", "pseudo_huber": "delta", "correntropy": "sigma", "epsilon_insensitive": "epsilon"}
+
+# Losses that are a sum over coordinates (cost matrix needs an elementwise pass over d)
+# and losses that are a monotone function of the Euclidean distance (argmin via GEMM).
+COORDINATE_LOSSES = ("square", "absolute", "huber", "pseudo_huber")
+DISTANCE_LOSSES = ("correntropy", "epsilon_insensitive")
+
+DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
+# On CPU, blocks that stay in the L2/L3 cache beat big ones by 2-3x (and big fresh
+# buffers cost page faults); on a GPU, big blocks amortise kernel launches.
+_CPU_BLOCK_BYTES = 2 * 2**20
+
+# auto_param constants, quoted by the docstring of auto_param.
+HUBER_EFFICIENCY = 1.345  # Huber's constant for 95% efficiency under Gaussian noise
+MAD_TO_SIGMA = 1.4826  # MAD * 1.4826 estimates the standard deviation of Gaussian noise
+EPSILON_QUANTILE = 0.1
+AUTO_MAX_ROWS = 65536
+
+# Inner-step defaults of update_centers per loss (the engine's outer loop keeps going, so
+# a few majorize-minimize steps per outer iteration suffice).
+DEFAULT_INNER_STEPS = {"huber": 10, "pseudo_huber": 10, "correntropy": 5, "epsilon_insensitive": 5}
+
+
+class LossInputError(UserError, ValueError):
+    """Bad loss name, parameter or input array. A ValueError for library callers and a
+    UserError so the CLI prints it as one line."""
+
+
+# ----------------------------------------------------------------------------- validation
+
+def check_loss(loss: str) -> str:
+    """Return `loss` if it is one of the six names, else raise naming all six."""
+    if loss not in LOSS_NAMES:
+        raise LossInputError(f"unknown loss {loss!r}; choose one of: {', '.join(LOSS_NAMES)}")
+    return loss
+
+
+def validate_param(loss: str, value: float | None) -> float | None:
+    """Check the numeric parameter of `loss` and return it as a float.
+
+    square/absolute take no parameter: `value` must be None (returns None). The other
+    four need a finite number > 0; the error names the parameter (delta, sigma, epsilon).
+    """
+    check_loss(loss)
+    if loss not in PARAM_NAME:
+        if value is not None:
+            raise LossInputError(f"loss {loss!r} takes no parameter; got {value!r}")
+        return None
+    name = PARAM_NAME[loss]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise LossInputError(f"{name} (parameter of {loss}) must be a positive number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise LossInputError(f"{name} (parameter of {loss}) must be a positive finite number, got {value!r}")
+    return number
+
+
+# ----------------------------------------------------------------------------- the losses
+
+def coordinate_loss(r: torch.Tensor, loss: str, param: float | None) -> torch.Tensor:
+    """Per-coordinate loss of residuals `r` (any shape) for the four coordinate-sum losses."""
+    if loss == "square":
+        return r * r
+    if loss == "absolute":
+        return r.abs()
+    if loss == "huber":
+        a = r.abs()
+        q = a.clamp(max=param)
+        return q * (a - 0.5 * q)  # |r|<=delta: r^2/2; else delta(|r| - delta/2)
+    if loss == "pseudo_huber":
+        # delta^2 (sqrt(1+u^2) - 1) rewritten as r^2 / (1 + sqrt(1+u^2)): no cancellation.
+        return r * r / (1.0 + torch.sqrt(1.0 + (r / param) ** 2))
+    raise ValueError(f"{loss!r} is not a coordinate-sum loss")
+
+
+def distance_loss(d2: torch.Tensor, loss: str, param: float | None) -> torch.Tensor:
+    """Loss as a function of the squared Euclidean distance `d2` (any shape)."""
+    if loss == "square":
+        return d2
+    if loss == "correntropy":
+        return -torch.expm1(-d2 / (2.0 * param * param))
+    if loss == "epsilon_insensitive":
+        return (torch.sqrt(d2) - param).clamp(min=0.0)
+    raise ValueError(f"{loss!r} is not a function of the distance alone")
+
+
+def pointwise_loss(X: torch.Tensor, C: torch.Tensor, loss: str, param: float | None) -> torch.Tensor:
+    """loss(X[i], C[i]) for matched rows: shape (n,), dtype of X."""
+    check_loss(loss)
+    r = X - C
+    if loss in DISTANCE_LOSSES:
+        return distance_loss((r * r).sum(-1), loss, param)
+    return coordinate_loss(r, loss, param).sum(-1)
+
+
+# ----------------------------------------------------------------------------- chunking
+
+def _is_cpu(device: torch.device) -> bool:
+    return device.type == "cpu"
+
+
+def _row_slices(n: int, rows: int) -> Iterator[slice]:
+    for start in range(0, n, rows):
+        yield slice(start, min(n, start + rows))
+
+
+def _rows_for(width: int, device: torch.device, max_chunk_bytes: int, itemsize: int = 4,
+              temporaries: int = 1) -> int:
+    """Rows per chunk so that `temporaries` buffers of rows x width stay within budget."""
+    budget = max_chunk_bytes if not _is_cpu(device) else min(max_chunk_bytes, _CPU_BLOCK_BYTES)
+    return max(1, budget // max(1, width * itemsize * temporaries))
+
+
+def _pass_rows(X: torch.Tensor, max_chunk_bytes: int) -> int:
+    """Rows per chunk for O(n*d) passes (several n-chunk x d temporaries, float64 ones)."""
+    budget = max_chunk_bytes if not _is_cpu(X.device) else min(max_chunk_bytes, 8 * _CPU_BLOCK_BYTES)
+    return max(1, budget // max(1, X.shape[1] * 8 * 4))
+
+
+def _sq_norms(X: torch.Tensor) -> torch.Tensor:
+    return (X * X).sum(1)
+
+
+def _sq_distances(Xc: torch.Tensor, C: torch.Tensor, c_sq: torch.Tensor, out: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """|x|^2 - 2 x.c + |c|^2 by one GEMM (clamped at 0 against rounding)."""
+    d2 = torch.addmm(c_sq, Xc, C.T, alpha=-2.0, out=out)
+    d2 += _sq_norms(Xc)[:, None]
+    return d2.clamp_(min=0.0)
+
+
+def _coordinate_cost_block(Xc: torch.Tensor, C: torch.Tensor, loss: str, param: float | None) -> torch.Tensor:
+    """(rows, k) costs for the coordinate-sum losses, in center blocks bounded in memory."""
+    if loss == "square":
+        return _sq_distances(Xc, C, _sq_norms(C))
+    if loss == "absolute":
+        return torch.cdist(Xc, C, p=1.0)
+    out = torch.empty(Xc.shape[0], C.shape[0], dtype=Xc.dtype, device=Xc.device)
+    budget = (_CPU_BLOCK_BYTES if _is_cpu(Xc.device) else DEFAULT_MAX_CHUNK_BYTES) // Xc.element_size()
+    per_block = max(1, min(C.shape[0], budget // max(1, Xc.shape[0] * Xc.shape[1])))
+    for cs in _row_slices(C.shape[0], per_block):
+        out[:, cs] = coordinate_loss(Xc[:, None, :] - C[None, cs, :], loss, param).sum(-1)
+    return out
+
+
+def _cost_rows(X: torch.Tensor, k: int, loss: str, max_chunk_bytes: int) -> int:
+    """Rows per chunk of a cost-matrix pass: the (rows, k) block plus the loss's temporaries."""
+    if loss in COORDINATE_LOSSES and loss not in ("square", "absolute"):
+        # the broadcast residual block is rows x centers-in-block x d; keep at least 1 center
+        return _rows_for(X.shape[1] * min(k, 8), X.device, max_chunk_bytes, X.element_size())
+    return _rows_for(k, X.device, max_chunk_bytes * 4, X.element_size(), temporaries=2)
+
+
+def cost_matrix(X: torch.Tensor, C: torch.Tensor, loss: str, param: float | None,
+                max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> torch.Tensor:
+    """(n, k) matrix of loss(X[i], C[j]). Memory beyond the output is bounded by chunking."""
+    check_loss(loss)
+    out = torch.empty(X.shape[0], C.shape[0], dtype=X.dtype, device=X.device)
+    for s in _row_slices(X.shape[0], _cost_rows(X, C.shape[0], loss, max_chunk_bytes)):
+        out[s] = _block_costs(X[s], C, loss, param)
+    return out
+
+
+def _block_costs(Xc: torch.Tensor, C: torch.Tensor, loss: str, param: float | None) -> torch.Tensor:
+    if loss in DISTANCE_LOSSES:
+        return distance_loss(_sq_distances(Xc, C, _sq_norms(C)), loss, param)
+    return _coordinate_cost_block(Xc, C, loss, param)
+
+
+def assign(X: torch.Tensor, C: torch.Tensor, loss: str, param: float | None,
+           max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> torch.Tensor:
+    """Index of the cheapest center for every row of X (the n x k matrix is never built whole).
+
+    Correntropy and epsilon-insensitive are non-decreasing in the Euclidean distance, so
+    their argmin is the nearest center by distance (this also breaks epsilon's ties at 0
+    by distance, as LOSSES.md asks); both share the square loss's GEMM.
+    """
+    check_loss(loss)
+    rows = _cost_rows(X, C.shape[0], loss, max_chunk_bytes)
+    labels = torch.empty(X.shape[0], dtype=torch.int64, device=X.device)
+    by_distance = loss in DISTANCE_LOSSES or loss == "square"
+    c_sq = _sq_norms(C) if by_distance else None
+    for s in _row_slices(X.shape[0], rows):
+        if by_distance:
+            # |x|^2 is the same for every center of a row: argmin needs only |c|^2 - 2 x.c
+            block = torch.addmm(c_sq, X[s], C.T, alpha=-2.0)
+        else:
+            block = _coordinate_cost_block(X[s], C, loss, param)
+        labels[s] = block.argmin(1)
+    return labels
+
+
+def loss_to_centers(X: torch.Tensor, C: torch.Tensor, labels: torch.Tensor, loss: str, param: float | None,
+                    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> torch.Tensor:
+    """loss(X[i], C[labels[i]]) for every row, computed directly (no GEMM cancellation)."""
+    check_loss(loss)
+    out = torch.empty(X.shape[0], dtype=X.dtype, device=X.device)
+    for s in _row_slices(X.shape[0], _pass_rows(X, max_chunk_bytes)):
+        out[s] = pointwise_loss(X[s], C[labels[s]], loss, param)
+    return out
+
+
+def cluster_objectives(X: torch.Tensor, C: torch.Tensor, labels: torch.Tensor, loss: str,
+                       param: float | None) -> torch.Tensor:
+    """(k,) float64: the summed loss of each cluster's members to its center."""
+    per_point = loss_to_centers(X, C, labels, loss, param).double()
+    return torch.zeros(C.shape[0], dtype=torch.float64, device=X.device).index_add_(0, labels, per_point)
+
+
+# ----------------------------------------------------------------------------- center updates
+
+def _accumulator_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
+def cluster_sums(X: torch.Tensor, labels: torch.Tensor, k: int, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-cluster sums of rows (k, d) and counts (k,), accumulated in float64."""
+    acc = _accumulator_dtype(X.device)
+    sums = torch.zeros(k, X.shape[1], dtype=acc, device=X.device)
+    for s in _row_slices(X.shape[0], _pass_rows(X, max_chunk_bytes)):
+        sums.index_add_(0, labels[s], X[s].to(acc))
+    counts = torch.bincount(labels, minlength=k)
+    return sums, counts
+
+
+def _weighted_means(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, weight_fn, max_chunk_bytes: int
+                    ) -> torch.Tensor:
+    """One majorize-minimize step: mu_c = sum_i w_i x_i / sum_i w_i over the members of c.
+
+    `weight_fn(Xc, residual, labels_c)` gives weights per row (n_c, 1) or per coordinate
+    (n_c, d). Clusters whose weights sum to zero keep their center.
+    """
+    acc = _accumulator_dtype(X.device)
+    k, d = C.shape
+    num = torch.zeros(k, d, dtype=acc, device=X.device)
+    den = torch.zeros(k, d, dtype=acc, device=X.device)
+    for s in _row_slices(X.shape[0], _pass_rows(X, max_chunk_bytes)):
+        Xc, lc = X[s], labels[s]
+        w = weight_fn(Xc, Xc - C[lc], lc).to(acc)
+        num.index_add_(0, lc, w * Xc.to(acc))
+        den.index_add_(0, lc, w.expand(-1, d) if w.shape[1] == 1 else w)
+    ok = den > 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), C.to(acc)).to(C.dtype)
+
+
+def _segment_medians(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, max_chunk_bytes: int
+                     ) -> torch.Tensor:
+    """Coordinate-wise median of each cluster's members, all clusters at once, exactly.
+
+    Per block of columns: sort the values, then stable-sort their labels, which groups
+    each cluster's values together in ascending order; the median of cluster c is then at
+    fixed offsets from the start of its segment (mean of the two middle values, as NumPy).
+    """
+    n, d = X.shape
+    k = C.shape[0]
+    counts = torch.bincount(labels, minlength=k)
+    starts = torch.cumsum(counts, 0) - counts
+    nonempty = counts > 0
+    lo = (starts + (counts - 1).clamp(min=0) // 2)[nonempty]
+    hi = (starts + counts // 2)[nonempty]
+    out = C.clone()
+    cols = max(1, max_chunk_bytes // max(1, n * 32))  # values, labels and two index arrays per column
+    for cs in _row_slices(d, cols):
+        values, order = X[:, cs].sort(dim=0)
+        grouped_order = labels[order].argsort(dim=0, stable=True)
+        grouped = values.gather(0, grouped_order)
+        out[nonempty, cs] = ((grouped[lo].double() + grouped[hi].double()) / 2).to(X.dtype)
+    return out
+
+
+def _huber_weights(delta: float):
+    def weights(Xc, r, lc):  # min(1, delta/|r|) per coordinate
+        return (delta / r.abs().clamp(min=torch.finfo(r.dtype).tiny)).clamp(max=1.0)
+    return weights
+
+
+def _pseudo_huber_weights(delta: float):
+    def weights(Xc, r, lc):  # rho'(t)/t = 1/sqrt(1 + (t/delta)^2) per coordinate
+        return torch.rsqrt(1.0 + (r / delta) ** 2)
+    return weights
+
+
+def _correntropy_weights(sigma: float, floor: torch.Tensor):
+    def weights(Xc, r, lc):
+        # exp(-d^2/2s^2), divided per cluster by its largest weight (floor = smallest d^2)
+        # so that far clusters do not underflow to all-zero weights; a common factor per
+        # cluster leaves the weighted mean unchanged.
+        d2 = (r * r).sum(1, keepdim=True)
+        return torch.exp(-(d2 - floor[lc, None]) / (2.0 * sigma * sigma))
+    return weights
+
+
+def _min_sq_distance_per_cluster(X: torch.Tensor, C: torch.Tensor, labels: torch.Tensor,
+                                 max_chunk_bytes: int) -> torch.Tensor:
+    d2 = loss_to_centers(X, C, labels, "square", None, max_chunk_bytes)
+    floor = torch.full((C.shape[0],), float("inf"), dtype=d2.dtype, device=X.device)
+    floor.scatter_reduce_(0, labels, d2, reduce="amin")
+    return torch.where(torch.isfinite(floor), floor, torch.zeros_like(floor))
+
+
+def _epsilon_step(X, labels, C, epsilon: float, max_chunk_bytes: int, halvings: int = 12) -> torch.Tensor:
+    """One guarded Weiszfeld step for max(0, d - epsilon).
+
+    Weiszfeld on the points outside the tube (w = 1/d) majorizes their distances, but a
+    point inside the tube can leave it, so the step may raise the objective: each cluster
+    then halves its step until its objective does not rise (or keeps its center).
+    """
+    def weights(Xc, r, lc):
+        d = torch.sqrt((r * r).sum(1, keepdim=True))
+        return torch.where(d > epsilon, 1.0 / d.clamp(min=torch.finfo(d.dtype).tiny), torch.zeros_like(d))
+
+    before = cluster_objectives(X, C, labels, "epsilon_insensitive", epsilon)
+    target = _weighted_means(X, labels, C, weights, max_chunk_bytes)
+    result = C.clone()
+    pending = torch.ones(C.shape[0], dtype=torch.bool, device=C.device)
+    step = 1.0
+    for _ in range(halvings + 1):
+        trial = C + step * (target - C)
+        after = cluster_objectives(X, trial, labels, "epsilon_insensitive", epsilon)
+        accept = pending & (after <= before)
+        result[accept] = trial[accept]
+        pending &= ~accept
+        if not pending.any():
+            break
+        step *= 0.5
+    return result
+
+
+def update_centers(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, loss: str, param: float | None,
+                   steps: int | None = None, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> torch.Tensor:
+    """New centers for all clusters at once, given the assignment. Never raises the objective.
+
+    square: mean; absolute: coordinate-wise median (both exact). huber, pseudo_huber:
+    IRLS per coordinate; correntropy: half-quadratic fixed point; epsilon_insensitive:
+    guarded Weiszfeld. The last four run `steps` majorize-minimize steps (default
+    DEFAULT_INNER_STEPS[loss]). Empty clusters keep their center (the engine re-seeds them).
+    """
+    check_loss(loss)
+    k = C.shape[0]
+    if loss == "square":
+        sums, counts = cluster_sums(X, labels, k, max_chunk_bytes)
+        nonempty = counts > 0
+        out = C.clone()
+        out[nonempty] = (sums[nonempty] / counts[nonempty, None].to(sums.dtype)).to(C.dtype)
+        return out
+    if loss == "absolute":
+        return _segment_medians(X, labels, C, max_chunk_bytes)
+    steps = DEFAULT_INNER_STEPS[loss] if steps is None else steps
+    for _ in range(steps):
+        if loss == "huber":
+            C = _weighted_means(X, labels, C, _huber_weights(param), max_chunk_bytes)
+        elif loss == "pseudo_huber":
+            C = _weighted_means(X, labels, C, _pseudo_huber_weights(param), max_chunk_bytes)
+        elif loss == "correntropy":
+            floor = _min_sq_distance_per_cluster(X, C, labels, max_chunk_bytes)
+            C = _weighted_means(X, labels, C, _correntropy_weights(param, floor), max_chunk_bytes)
+        else:
+            C = _epsilon_step(X, labels, C, param, max_chunk_bytes)
+    return C
+
+
+def polish_centers(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, loss: str, param: float | None,
+                   max_iter: int = 50) -> torch.Tensor:
+    """A short L-BFGS run on all centers at once (the objective separates by cluster).
+
+    The guarded Weiszfeld step for epsilon-insensitive can stall at the edge of the tube;
+    this closes that gap. A cluster keeps its old center unless the polished one is
+    strictly better, so the objective never rises.
+    """
+    before = cluster_objectives(X, C, labels, loss, param)
+    work_dtype = _accumulator_dtype(X.device)
+    Xw = X.to(work_dtype)
+    centers = C.detach().to(work_dtype).clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([centers], max_iter=max_iter, line_search_fn="strong_wolfe",
+                                  tolerance_grad=1e-10, tolerance_change=1e-14)
+
+    def closure():
+        optimizer.zero_grad()
+        value = pointwise_loss(Xw, centers[labels], loss, param).sum()
+        value.backward()
+        return value
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    polished = centers.detach().to(C.dtype)
+    after = cluster_objectives(X, polished, labels, loss, param)
+    better = (after < before) & torch.isfinite(after)
+    return torch.where(better[:, None], polished, C)
+
+
+# ----------------------------------------------------------------------------- parameter scale
+
+def auto_param(X: torch.Tensor, C: torch.Tensor, labels: torch.Tensor, loss: str) -> float | None:
+    """A parameter on the data's own scale, from the residuals of a (square-loss) fit.
+
+    huber, pseudo_huber: delta = 1.345 * 1.4826 * MAD of the residual coordinates (Huber's
+      95%-efficiency constant times a robust estimate of the noise standard deviation);
+    correntropy: sigma = median distance of a point to its center (so a typical point
+      sits where the kernel is neither flat at 0 nor saturated at 1);
+    epsilon_insensitive: epsilon = 10% quantile of the distance to the center (the
+      tightest tenth of each cluster costs nothing; the rest count by distance).
+    At most AUTO_MAX_ROWS evenly spaced rows are used, so the result is deterministic.
+    """
+    check_loss(loss)
+    if loss not in PARAM_NAME:
+        return None
+    n = X.shape[0]
+    rows = torch.linspace(0, n - 1, min(n, AUTO_MAX_ROWS), device=X.device).round().long().unique()
+    residual = (X[rows] - C[labels[rows]]).double()
+    if loss in ("huber", "pseudo_huber"):
+        flat = residual.flatten()
+        mad = (flat - flat.median()).abs().median().item()
+        if mad <= 0:  # more than half the coordinates sit exactly on their center
+            mad = flat.abs().mean().item()
+        value = HUBER_EFFICIENCY * MAD_TO_SIGMA * mad
+    else:
+        dist = residual.norm(dim=1)
+        value = (dist.median() if loss == "correntropy" else dist.quantile(EPSILON_QUANTILE)).item()
+        if value <= 0:  # many exact duplicates of their center: fall back to the mean distance
+            value = dist.mean().item()
+    if not math.isfinite(value) or value <= 0:
+        value = 1e-6  # every point on its center: any small positive scale gives the same clusters
+    return float(value)
