@@ -1,0 +1,136 @@
+"""Stage 2: cached features -> generalized k-means under each configured loss.
+
+Reads only what `extract` wrote (features.npy, manifest.csv, cache_key.json) and writes,
+per loss, clusters/<loss>/{assignments.csv, centers.npy, summary.json}. A loss whose
+inputs (features, configuration, engine version) are unchanged since its summary was
+written is not recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .cache import atomic_save_npy, atomic_write_bytes, atomic_write_csv, key_id, load_embedded
+from .config import ClusterConfig
+from .errors import UserError
+from .kmeans import GeneralizedKMeans
+from .losses import PARAM_NAME, pointwise_loss
+
+ENGINE_VERSION = 1  # bump when a change to the engine changes results, so caches refit
+ASSIGNMENT_COLUMNS = ["path", "cluster", "loss_to_center"]
+
+
+@dataclass
+class LossResult:
+    loss: str
+    k: int
+    params: dict
+    objective: float
+    iterations: int
+    converged: bool
+    seconds: float
+    sizes: list[int]
+    reused: bool = False
+
+
+def normalize_features(features: np.ndarray, mode: str) -> np.ndarray:
+    """l2: every row scaled to unit length (cosine geometry); none: raw VGG16 features."""
+    if mode == "none":
+        return features.astype(np.float32, copy=True)
+    norms = np.linalg.norm(features.astype(np.float64), axis=1, keepdims=True)
+    return (features / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def loss_dir(out_dir: Path, loss: str) -> Path:
+    return out_dir / "clusters" / loss
+
+
+def _fingerprint(features: np.ndarray, paths: list[str], cfg: ClusterConfig, loss: str) -> str:
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(features).tobytes())
+    digest.update("\n".join(paths).encode())
+    settings = {"loss": loss, "k": cfg.k, "normalize": cfg.normalize, "seed": cfg.seed, "n_init": cfg.n_init,
+                "max_iter": cfg.max_iter, "param": cfg.params.get(loss), "engine": ENGINE_VERSION}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def _read_summary(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def cluster_run(out_dir: Path, cfg: ClusterConfig, *, log: Callable[[str], None] = print,
+                force: bool = False) -> list[LossResult]:
+    """Cluster the cached features of `out_dir` under every loss in `cfg.losses`."""
+    out_dir = Path(out_dir)
+    paths, raw, cache_key = load_embedded(out_dir)
+    features = normalize_features(raw, cfg.normalize)
+    n_distinct = len(np.unique(features, axis=0))
+    if cfg.k > n_distinct:
+        raise UserError(f"k={cfg.k} is larger than the {n_distinct} distinct embedded images in {out_dir}; "
+                        "pass a smaller --k")
+    results = []
+    for loss in cfg.losses:
+        folder = loss_dir(out_dir, loss)
+        fingerprint = _fingerprint(features, paths, cfg, loss)
+        previous = _read_summary(folder)
+        if not force and previous is not None and previous.get("fingerprint") == fingerprint \
+                and (folder / "assignments.csv").is_file() and (folder / "centers.npy").is_file():
+            result = LossResult(**{f: previous[f] for f in LossResult.__dataclass_fields__ if f != "reused"},
+                                reused=True)
+            log(f"{loss:>19}: up to date (k={result.k}, objective {result.objective:.6g}); nothing to do")
+        else:
+            result = _fit_one(features, paths, cfg, loss, folder, fingerprint, key_id(cache_key))
+            log(f"{loss:>19}: k={result.k} objective {result.objective:.6g} in {result.iterations} iterations, "
+                f"{result.seconds:.2f} s{_describe_params(result.params)}; sizes {result.sizes}")
+        results.append(result)
+    return results
+
+
+def _describe_params(params: dict) -> str:
+    return "".join(f", {name}={value:.4g}" for name, value in params.items())
+
+
+def _fit_one(features: np.ndarray, paths: list[str], cfg: ClusterConfig, loss: str, folder: Path,
+             fingerprint: str, features_key: str) -> LossResult:
+    param = cfg.params.get(loss, "auto") if loss in PARAM_NAME else None
+    started = time.perf_counter()
+    try:
+        model = GeneralizedKMeans(n_clusters=cfg.k, loss=loss, param=param, n_init=cfg.n_init,
+                                  max_iter=cfg.max_iter, seed=cfg.seed, device=cfg.device).fit(features)
+    except ValueError as exc:  # the engine's validation messages are written for users
+        raise UserError(f"cluster ({loss}): {exc}") from None
+    seconds = time.perf_counter() - started
+
+    labels, centers = model.labels_, model.cluster_centers_
+    used = next(iter(model.params_.values()), None)
+    per_point = pointwise_loss(torch.from_numpy(features), torch.from_numpy(centers[labels]), loss, used)
+    per_point = per_point.double().cpu().numpy()
+    sizes = np.bincount(labels, minlength=cfg.k).tolist()
+    result = LossResult(loss=loss, k=cfg.k, params={k: float(v) for k, v in model.params_.items()},
+                        objective=float(model.objective_), iterations=int(model.n_iter_),
+                        converged=bool(model.converged_), seconds=round(seconds, 4), sizes=sizes)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(folder / "assignments.csv", ASSIGNMENT_COLUMNS,
+                     [(p, int(c), f"{v:.9g}") for p, c, v in zip(paths, labels, per_point)])
+    atomic_save_npy(folder / "centers.npy", centers.astype(np.float32))
+    summary = {**asdict(result), "seed": cfg.seed, "n_init": cfg.n_init, "max_iter": cfg.max_iter,
+               "normalize": cfg.normalize, "n_images": len(paths), "param_setting": param,
+               "features_cache_key": features_key, "fingerprint": fingerprint,
+               "device": str(model.device_) if hasattr(model, "device_") else cfg.device}
+    summary.pop("reused")
+    # Written last: its fingerprint vouches for the two files above.
+    atomic_write_bytes(folder / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    return result

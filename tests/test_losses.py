@@ -1,0 +1,167 @@
+"""The six losses: cost matrices, assignment, and center updates that never raise the objective."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from pipeline import losses as L
+
+ROBUST = ("huber", "pseudo_huber", "correntropy", "epsilon_insensitive")
+
+
+def vgg_like(n: int, d: int, k: int, seed: int, outliers: float = 0.05) -> np.ndarray:
+    """Non-negative, skewed clusters like pooled ReLU features, with a share of far outliers."""
+    rng = np.random.default_rng(seed)
+    centers = rng.gamma(2.0, 1.0, size=(k, d))
+    X = centers[rng.integers(k, size=n)] + rng.normal(0.0, 0.7, size=(n, d))
+    bad = rng.random(n) < outliers
+    X[bad] += rng.gamma(2.0, 6.0, size=(bad.sum(), d))
+    return np.clip(X, 0, None)
+
+
+def reference_loss(x: np.ndarray, mu: np.ndarray, loss: str, p: float | None) -> float:
+    """Each loss written out from LOSSES.md, one pair at a time, in float64."""
+    r = x - mu
+    d = np.linalg.norm(r)
+    if loss == "square":
+        return float(np.sum(r**2))
+    if loss == "absolute":
+        return float(np.sum(np.abs(r)))
+    if loss == "huber":
+        a = np.abs(r)
+        return float(np.sum(np.where(a <= p, 0.5 * a**2, p * (a - 0.5 * p))))
+    if loss == "pseudo_huber":
+        return float(np.sum(p**2 * (np.sqrt(1 + (r / p) ** 2) - 1)))
+    if loss == "correntropy":
+        return float(1 - np.exp(-d**2 / (2 * p**2)))
+    return float(max(0.0, d - p))
+
+
+PARAMS = {"square": None, "absolute": None, "huber": 0.8, "pseudo_huber": 0.8, "correntropy": 3.0,
+          "epsilon_insensitive": 2.5}
+
+
+@pytest.mark.parametrize("loss", L.LOSS_NAMES)
+def test_cost_matrix_and_assignment_match_the_pairwise_definition(loss):
+    X = vgg_like(40, 6, 3, seed=1)
+    C = X[[0, 5, 9]] + 0.3
+    p = PARAMS[loss]
+    expected = np.array([[reference_loss(x, c, loss, p) for c in C] for x in X])
+    Xt, Ct = torch.from_numpy(X), torch.from_numpy(C)
+    got = L.cost_matrix(Xt, Ct, loss, p, max_chunk_bytes=512).numpy()  # tiny chunks: many blocks
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+    labels = L.assign(Xt, Ct, loss, p, max_chunk_bytes=512).numpy()
+    np.testing.assert_array_equal(expected[np.arange(len(X)), labels], expected.min(1))
+    per_point = L.loss_to_centers(Xt, Ct, torch.from_numpy(labels), loss, p).numpy()
+    np.testing.assert_allclose(per_point, expected.min(1), rtol=1e-9, atol=1e-9)
+
+
+def test_pseudo_huber_has_no_cancellation_for_tiny_residuals():
+    r = torch.tensor([1e-6], dtype=torch.float32)
+    value = L.coordinate_loss(r, "pseudo_huber", 10.0)
+    assert float(value) == pytest.approx(0.5e-12, rel=1e-3)  # the naive formula gives 0 in float32
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_absolute_update_is_the_coordinatewise_median_exactly(dtype):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(101, 9)).astype(dtype)
+    X[:10] = X[10:20]  # ties
+    labels = rng.integers(0, 4, size=101)
+    C = torch.zeros(4, 9, dtype=torch.from_numpy(X).dtype)
+    got = L.update_centers(torch.from_numpy(X), torch.from_numpy(labels), C, "absolute", None).numpy()
+    for c in range(4):
+        np.testing.assert_array_equal(got[c], np.median(X[labels == c], axis=0).astype(dtype))
+
+
+def test_square_update_is_the_mean_and_empty_clusters_keep_their_center():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(30, 5))
+    labels = np.r_[np.zeros(10, int), np.ones(20, int)]
+    C = torch.full((3, 5), 7.0, dtype=torch.float64)
+    got = L.update_centers(torch.from_numpy(X), torch.from_numpy(labels), C, "square", None).numpy()
+    np.testing.assert_allclose(got[0], X[:10].mean(0))
+    np.testing.assert_allclose(got[1], X[10:].mean(0))
+    np.testing.assert_array_equal(got[2], 7.0)  # cluster 2 has no member
+
+
+@pytest.mark.parametrize("loss", ROBUST)
+def test_every_center_update_never_raises_the_objective(loss):
+    steps_checked = 0
+    for seed in range(12):
+        X = torch.from_numpy(vgg_like(150, 16, 4, seed=seed, outliers=0.1))
+        labels = torch.from_numpy(np.random.default_rng(seed).integers(0, 4, size=150))
+        C = X[:4].clone() + 0.5
+        scale = float(torch.cdist(X, C).median())
+        p = scale * (0.05 if loss in ("huber", "pseudo_huber") else 0.5)
+        before = L.cluster_objectives(X, C, labels, loss, p)
+        for _ in range(15):
+            C = L.update_centers(X, labels, C, loss, p, steps=1)
+            after = L.cluster_objectives(X, C, labels, loss, p)
+            assert (after <= before * (1 + 1e-12) + 1e-12).all(), (seed, (after - before).max())
+            before = after
+            steps_checked += 1
+    assert steps_checked == 12 * 15
+
+
+@pytest.mark.parametrize("loss", ROBUST)
+def test_our_center_is_at_least_as_good_as_scipy_minimize(loss):
+    for seed in range(4):
+        X = vgg_like(60, 5, 1, seed=seed, outliers=0.15)
+        start = X.mean(0)
+        p = {"huber": 0.7, "pseudo_huber": 0.7, "correntropy": 2.5, "epsilon_insensitive": 1.5}[loss]
+
+        def objective(mu):
+            return sum(reference_loss(x, mu, loss, p) for x in X)
+
+        scipy_best = minimize(objective, start, method="BFGS").fun
+        Xt, labels = torch.from_numpy(X), torch.zeros(60, dtype=torch.int64)
+        C = L.update_centers(Xt, labels, torch.from_numpy(start[None]), loss, p, steps=300)
+        if loss == "epsilon_insensitive":
+            C = L.polish_centers(Xt, labels, C, p)
+        ours = float(L.cluster_objectives(Xt, C, labels, loss, p)[0])
+        assert ours <= scipy_best * (1 + 1e-7) + 1e-9, (seed, ours, scipy_best)
+
+
+def test_correntropy_weights_survive_far_clusters():
+    """Every member far beyond sigma: exp underflows, yet the center still moves to the members."""
+    X = torch.tensor([[100.0, 0.0], [102.0, 0.0], [101.0, 1.0]], dtype=torch.float64)
+    labels = torch.zeros(3, dtype=torch.int64)
+    C = torch.zeros(1, 2, dtype=torch.float64)
+    moved = L.update_centers(X, labels, C, "correntropy", 1.0, steps=1)
+    assert float(moved[0, 0]) > 99.0
+
+
+def test_auto_parameters_give_a_non_degenerate_correntropy_on_vgg_scaled_data():
+    # Raw VGG16 GAP features: non-negative, coordinates up to ~10, distances in the tens.
+    # (No gross outliers here: a point 15 sigma from every center costs 1.0 to each of
+    # them in float32, by design of correntropy; `assign` still ranks it by distance.)
+    X = torch.from_numpy(vgg_like(300, 512, 5, seed=7, outliers=0.0).astype(np.float32) * 2.0)
+    C = X[:5].clone()
+    labels = L.assign(X, C, "square", None)
+    tutorial = L.cost_matrix(X, C, "correntropy", 1.0)
+    assert (tutorial == 1.0).float().mean() > 0.99  # the tutorial's sigma = 1 saturates
+
+    sigma = L.auto_param(X, C, labels, "correntropy")
+    cost = L.cost_matrix(X, C, "correntropy", sigma)
+    spread = cost.max(1).values - cost.min(1).values
+    assert (spread > 1e-3).all()  # no row of the cost matrix is constant
+    assert 0.05 < float(cost.min(1).values.median()) < 0.95
+    for loss in ("huber", "pseudo_huber", "epsilon_insensitive"):
+        value = L.auto_param(X, C, labels, loss)
+        assert 0 < value < float(torch.cdist(X, C).max())
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), "big", True])
+def test_bad_parameters_are_refused_naming_the_parameter(value):
+    with pytest.raises(L.LossInputError, match="delta"):
+        L.validate_param("huber", value)
+
+
+def test_unknown_loss_lists_all_six():
+    with pytest.raises(L.LossInputError) as err:
+        L.check_loss("hinge")
+    assert all(name in str(err.value) for name in L.LOSS_NAMES)
