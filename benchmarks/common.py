@@ -7,6 +7,7 @@ import os
 import platform
 from pathlib import Path
 
+import numpy as np
 import torch
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "outputs" / "bench"
@@ -25,3 +26,30 @@ def write_result(name: str, result: dict) -> Path:
     path = BENCH_DIR / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n")
     return path
+
+
+def vgg_like(n: int, d: int, k: int, seed: int, outliers: float = 0.05, dtype=np.float64) -> np.ndarray:
+    """Data shaped like pooled VGG16 features: non-negative, skewed clusters (gamma centers,
+    Gaussian spread, clipped at 0) with a share of far outliers. Built in row blocks so
+    large benchmark matrices do not need float64 copies."""
+    rng = np.random.default_rng(seed)
+    centers = rng.gamma(2.0, 1.0, size=(k, d))
+    out = np.empty((n, d), dtype=dtype)
+    for start in range(0, n, 65536):
+        m = min(n, start + 65536) - start
+        block = centers[rng.integers(k, size=m)] + rng.normal(0.0, 0.7, size=(m, d))
+        bad = rng.random(m) < outliers
+        block[bad] += rng.gamma(2.0, 6.0, size=(bad.sum(), d))
+        out[start:start + m] = np.clip(block, 0, None)
+    return out
+
+
+def blobs(n: int, d: int, k: int, seed: int) -> np.ndarray:
+    """float32 Gaussian blobs (the 2M x 25 "patches" case of seed 002)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0.0, 4.0, size=(k, d)).astype(np.float32)
+    out = np.empty((n, d), dtype=np.float32)
+    for start in range(0, n, 262144):
+        m = min(n, start + 262144) - start
+        out[start:start + m] = centers[rng.integers(k, size=m)] + rng.normal(0.0, 1.0, size=(m, d)).astype(np.float32)
+    return out

@@ -76,10 +76,8 @@ def cluster_run(out_dir: Path, cfg: ClusterConfig, *, log: Callable[[str], None]
     out_dir = Path(out_dir)
     paths, raw, cache_key = load_embedded(out_dir)
     features = normalize_features(raw, cfg.normalize)
-    n_distinct = len(np.unique(features, axis=0))
-    if cfg.k > n_distinct:
-        raise UserError(f"k={cfg.k} is larger than the {n_distinct} distinct embedded images in {out_dir}; "
-                        "pass a smaller --k")
+    if cfg.k > len(paths):
+        raise UserError(f"k={cfg.k} is larger than the {len(paths)} embedded images in {out_dir}; pass a smaller --k")
     results = []
     for loss in cfg.losses:
         folder = loss_dir(out_dir, loss)

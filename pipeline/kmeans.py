@@ -41,7 +41,8 @@ def validate_features(X, n_clusters: int | None = None) -> np.ndarray:
     """Check a feature matrix and return it as a C-contiguous float32 array.
 
     Errors name the problem: not 2-D, empty, NaN/Inf rows (how many, which first),
-    k < 1 or larger than the number of distinct rows.
+    k < 1 or larger than the number of rows (`kmeans_plus_plus` catches k larger than
+    the number of distinct rows).
     """
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
@@ -63,10 +64,8 @@ def validate_features(X, n_clusters: int | None = None) -> np.ndarray:
             raise LossInputError(f"n_clusters (k) must be an integer >= 1; got {n_clusters!r}")
         if n_clusters > X.shape[0]:
             raise LossInputError(f"n_clusters (k) = {n_clusters} is larger than the {X.shape[0]} points")
-        distinct = len(np.unique(X, axis=0)) if n_clusters > 1 else 1
-        if n_clusters > distinct:
-            raise LossInputError(f"n_clusters (k) = {n_clusters} is larger than the {distinct} distinct points; "
-                                 "choose a smaller k")
+        # Fewer distinct rows than k is caught by k-means++ (it runs out of new points),
+        # which costs nothing, unlike sorting every row here.
     return X
 
 
@@ -85,10 +84,9 @@ def kmeans_plus_plus(X: torch.Tensor, k: int, rng: np.random.Generator, trials: 
     for _ in range(1, k):
         cumulative = torch.cumsum(closest, 0)
         total = float(cumulative[-1])
-        if total <= 0:  # every point sits on a chosen center: take unchosen rows in order
-            rest = [i for i in range(n) if i not in set(chosen)]
-            chosen.append(rest[0])
-            continue
+        if total <= 0:  # every point sits on one of the distinct centers chosen so far
+            raise LossInputError(f"n_clusters (k) = {k} is larger than the {len(chosen)} distinct points; "
+                                 "choose a smaller k")
         u = torch.as_tensor(rng.random(trials) * total, dtype=torch.float64, device=X.device)
         candidates = torch.searchsorted(cumulative, u, right=True).clamp(max=n - 1)
         d2 = (x_sq[:, None] - 2 * X @ X[candidates].T + x_sq[candidates][None, :]).clamp(min=0).double()
@@ -219,14 +217,16 @@ class GeneralizedKMeans:
     def _lloyd(self, X, C, param, loss=None, max_iter=None):
         loss = loss or self.loss
         max_iter = max_iter or self.max_iter
-        labels = L.assign(X, C, loss, param)
-        objective = float(L.loss_to_centers(X, C, labels, loss, param).double().sum())
+        # The loop tracks the objective from the assignment pass itself (free); the exact
+        # value (no GEMM rounding) is computed once at the end.
+        labels, cost = L.assign(X, C, loss, param, with_cost=True)
+        objective = float(cost.double().sum())
         converged, n_iter = False, 0
         for n_iter in range(1, max_iter + 1):
             C = self._reseed_empty(X, C, labels, loss, param)
             C = L.update_centers(X, labels, C, loss, param, steps=self.inner_steps)
-            new_labels = L.assign(X, C, loss, param)
-            new_objective = float(L.loss_to_centers(X, C, new_labels, loss, param).double().sum())
+            new_labels, cost = L.assign(X, C, loss, param, with_cost=True)
+            new_objective = float(cost.double().sum())
             stable = bool(torch.equal(new_labels, labels))
             change = abs(objective - new_objective) / max(abs(objective), 1e-300)
             labels, objective = new_labels, new_objective
@@ -235,6 +235,7 @@ class GeneralizedKMeans:
             if stable and (change <= self.tol or loss in ("square", "absolute")):
                 converged = True  # exact updates: same labels means the same centers next time
                 break
+        objective = float(L.loss_to_centers(X, C, labels, loss, param).double().sum())
         return labels, C, objective, n_iter, converged
 
     def _polish(self, X, result, param):

@@ -202,16 +202,20 @@ def _block_costs(Xc: torch.Tensor, C: torch.Tensor, loss: str, param: float | No
 
 
 def assign(X: torch.Tensor, C: torch.Tensor, loss: str, param: float | None,
-           max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> torch.Tensor:
+           max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES, with_cost: bool = False):
     """Index of the cheapest center for every row of X (the n x k matrix is never built whole).
 
     Correntropy and epsilon-insensitive are non-decreasing in the Euclidean distance, so
     their argmin is the nearest center by distance (this also breaks epsilon's ties at 0
-    by distance, as LOSSES.md asks); both share the square loss's GEMM.
+    by distance, as LOSSES.md asks); both share the square loss's GEMM. With
+    `with_cost=True` also returns each row's cost to its center, from the same pass (for
+    the distance losses through the GEMM expansion, so with its rounding: use
+    `loss_to_centers` where exact values matter).
     """
     check_loss(loss)
     rows = _cost_rows(X, C.shape[0], loss, max_chunk_bytes)
     labels = torch.empty(X.shape[0], dtype=torch.int64, device=X.device)
+    cost = torch.empty(X.shape[0], dtype=X.dtype, device=X.device) if with_cost else None
     by_distance = loss in DISTANCE_LOSSES or loss == "square"
     c_sq = _sq_norms(C) if by_distance else None
     for s in _row_slices(X.shape[0], rows):
@@ -220,8 +224,10 @@ def assign(X: torch.Tensor, C: torch.Tensor, loss: str, param: float | None,
             block = torch.addmm(c_sq, X[s], C.T, alpha=-2.0)
         else:
             block = _coordinate_cost_block(X[s], C, loss, param)
-        labels[s] = block.argmin(1)
-    return labels
+        best, labels[s] = block.min(1)
+        if with_cost:
+            cost[s] = distance_loss((best + _sq_norms(X[s])).clamp_(min=0.0), loss, param) if by_distance else best
+    return (labels, cost) if with_cost else labels
 
 
 def loss_to_centers(X: torch.Tensor, C: torch.Tensor, labels: torch.Tensor, loss: str, param: float | None,

@@ -97,7 +97,7 @@ def test_same_seed_same_assignments(extracted, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--losses", "square,hinge"], "unknown loss 'hinge'"),
-    (["--k", "50"], "larger than the 12 distinct"),
+    (["--k", "50"], "larger than the 12 embedded images"),
     (["--param", "huber=-1"], "delta"),
     (["--param", "huber"], "LOSS=VALUE"),
     (["--param", "square=2"], "only huber, pseudo_huber, correntropy, epsilon_insensitive take"),

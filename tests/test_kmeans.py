@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from sklearn.cluster import KMeans
@@ -12,10 +9,8 @@ from sklearn.cluster import KMeans
 from pipeline.kmeans import GeneralizedKMeans, validate_features
 from pipeline.losses import LOSS_NAMES, LossInputError, cluster_objectives
 
-from test_losses import vgg_like
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.tutorial_reference import generalized_clustering  # noqa: E402
+from benchmarks.common import vgg_like
+from benchmarks.tutorial_reference import generalized_clustering
 
 
 def test_square_loss_reaches_scikit_learns_inertia_from_the_same_centers():

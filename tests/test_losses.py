@@ -7,19 +7,10 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
+from benchmarks.common import vgg_like
 from pipeline import losses as L
 
 ROBUST = ("huber", "pseudo_huber", "correntropy", "epsilon_insensitive")
-
-
-def vgg_like(n: int, d: int, k: int, seed: int, outliers: float = 0.05) -> np.ndarray:
-    """Non-negative, skewed clusters like pooled ReLU features, with a share of far outliers."""
-    rng = np.random.default_rng(seed)
-    centers = rng.gamma(2.0, 1.0, size=(k, d))
-    X = centers[rng.integers(k, size=n)] + rng.normal(0.0, 0.7, size=(n, d))
-    bad = rng.random(n) < outliers
-    X[bad] += rng.gamma(2.0, 6.0, size=(bad.sum(), d))
-    return np.clip(X, 0, None)
 
 
 def reference_loss(x: np.ndarray, mu: np.ndarray, loss: str, p: float | None) -> float:

@@ -1,0 +1,269 @@
+"""Clustering speed and quality, all in one run on the same data:
+
+1. each robust loss against the tutorial's algorithm (benchmarks/tutorial_reference.py) on
+   n=2000, d=512, k=5 VGG-like data from the same initial centers and parameters;
+2. square loss against scikit-learn and faiss-cpu, fixed iterations, same initial centers,
+   on 20,000 x 512 (k=20) and 2,000,000 x 25 (k=1000);
+3. one large case per robust loss: 200,000 x 512, k=50 on CPU (1,000,000 x 512, k=100 on CUDA).
+
+Every measurement runs in its own process (data read from a .npy file the run makes once),
+so its peak memory is its own: peak_rss_above_baseline_mb is the growth of the process's
+resident memory past what it held with the libraries imported and the data loaded.
+
+    python benchmarks/bench_cluster.py [--quick] [--device auto] [--parts 1,2,3]
+writes outputs/bench/cluster.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import blobs, vgg_like, write_result  # noqa: E402
+
+ROBUST = ("huber", "pseudo_huber", "correntropy", "epsilon_insensitive")
+
+
+def memory_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process from /proc, in MiB (0 where unavailable)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if field == "VmHWM" else 0.0
+
+
+def data_for(case: dict) -> np.ndarray:
+    if case["data"] == "vgg":
+        return vgg_like(case["n"], case["d"], case["k"], seed=case["seed"], dtype=np.float32)
+    return blobs(case["n"], case["d"], case["k"], seed=case["seed"])
+
+
+def initial_centers(X: np.ndarray, k: int, seed: int) -> np.ndarray:
+    return X[np.random.default_rng(seed + 1).choice(len(X), k, replace=False)].copy()
+
+
+# ----------------------------------------------------------------------------- workers
+
+def run_ours(X, C0, case):
+    import torch
+
+    from pipeline.kmeans import GeneralizedKMeans
+
+    torch.set_num_threads(case.get("threads") or torch.get_num_threads())
+    model = GeneralizedKMeans(case["k"], case["loss"], param=case.get("param", "auto"), init=C0,
+                              max_iter=case["iters"], tol=case.get("tol", 1e-6), device=case["device"])
+    if case["device"] == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    model.fit(X)
+    if case["device"] == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "objective": model.objective_, "iterations": model.n_iter_,
+            "params": model.params_, "device": str(model.device_)}
+
+
+def run_sklearn(X, C0, case):
+    from sklearn.cluster import KMeans
+
+    start = time.perf_counter()
+    model = KMeans(case["k"], init=C0, n_init=1, max_iter=case["iters"], tol=0, algorithm="lloyd").fit(X)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "objective": float(model.inertia_), "iterations": int(model.n_iter_)}
+
+
+def run_faiss(X, C0, case):
+    import faiss
+
+    km = faiss.Kmeans(X.shape[1], case["k"], niter=case["iters"], seed=1, verbose=False,
+                      max_points_per_centroid=len(X))  # use every point, as the others do
+    start = time.perf_counter()
+    km.train(X, init_centroids=C0)
+    seconds = time.perf_counter() - start
+    # faiss reports the objective of the last assignment; recompute it with the final centers
+    index = faiss.IndexFlatL2(X.shape[1])
+    index.add(km.centroids)
+    dist, _ = index.search(X, 1)
+    return {"seconds": seconds, "objective": float(dist.astype(np.float64).sum()), "iterations": case["iters"]}
+
+
+def run_tutorial(X, C0, case):
+    from benchmarks import tutorial_reference as T
+
+    counter = T.Counter()
+    params = {"huber": "delta", "pseudo_huber": "delta", "correntropy": "sigma",
+              "epsilon_insensitive": "epsilon"}
+    start = time.perf_counter()
+    _, _, objective = T.generalized_clustering(X.astype(np.float64), C0, case["loss"],
+                                               {params[case["loss"]]: case["param"]}, vectorized=True,
+                                               counter=counter)
+    seconds = time.perf_counter() - start
+    # The tutorial sums each objective with a Python loop over the cluster's points; price one
+    # such per-point call here and replace the vectorized objective time with it.
+    loss_func = T.get_loss_func(case["loss"], {params[case["loss"]]: case["param"]})
+    sample = X[:200].astype(np.float64)
+    t0 = time.perf_counter()
+    for x in sample:
+        loss_func(x, C0[0])
+    per_point = (time.perf_counter() - t0) / len(sample)
+    return {"seconds": seconds, "objective": objective, "objective_evaluations": counter.evaluations,
+            "points_evaluated": counter.points, "vectorized_objective_seconds": counter.seconds,
+            "tutorial_loop_estimated_seconds": seconds - counter.seconds + counter.points * per_point}
+
+
+RUNNERS = {"ours": run_ours, "sklearn": run_sklearn, "faiss": run_faiss, "tutorial": run_tutorial}
+
+
+def worker(case: dict) -> dict:
+    import torch  # noqa: F401  (libraries load before the baseline is read)
+
+    if case["runner"] == "faiss":
+        import faiss  # noqa: F401
+    if case["runner"] == "sklearn":
+        import sklearn.cluster  # noqa: F401
+    X = np.load(case["path"], allow_pickle=False)
+    C0 = initial_centers(X, case["k"], case["seed"])
+    if case["runner"] == "ours":  # first calls initialise torch's thread pools and kernels
+        RUNNERS["ours"](X[: 4 * case["k"]], C0, {**case, "iters": 1})
+    baseline = memory_mb("VmRSS")
+    result = RUNNERS[case["runner"]](X, C0, case)
+    result["data_mb"] = round(X.nbytes / 2**20, 1)
+    result["peak_rss_mb"] = round(memory_mb("VmHWM"), 1)
+    result["peak_rss_above_baseline_mb"] = round(memory_mb("VmHWM") - baseline, 1)
+    return result
+
+
+DATA_DIR = ROOT / "outputs" / "bench" / "data"
+
+
+def measure(case: dict) -> dict:
+    """Run one case in a fresh process; its data is made once and read from a .npy file."""
+    spec = {key: case[key] for key in ("data", "n", "d", "k", "seed")}
+    path = DATA_DIR / ("_".join(f"{key}{value}" for key, value in spec.items()) + ".npy")
+    if not path.is_file():
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        np.save(path, data_for(case), allow_pickle=False)
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps({**case, "path": str(path)})],
+                          cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- parts
+
+def robust_vs_tutorial(device: str, quick: bool) -> list[dict]:
+    """Part 1: same data, same initial centers, the parameter our `auto` picks given to both."""
+    import torch
+
+    from pipeline import losses as L
+    from pipeline.kmeans import GeneralizedKMeans
+
+    base = {"data": "vgg", "n": 400 if quick else 2000, "d": 512, "k": 5, "seed": 0, "device": device}
+    X = data_for(base)
+    C0 = initial_centers(X, 5, 0)
+    square = GeneralizedKMeans(5, "square", init=C0).fit(X)
+    Xt = torch.from_numpy(X)
+    rows = []
+    for loss in ROBUST:
+        param = L.auto_param(Xt, torch.from_numpy(square.cluster_centers_), torch.from_numpy(square.labels_), loss)
+        case = {**base, "loss": loss, "param": param}
+        ours = measure({**case, "runner": "ours", "iters": 100})
+        ref = measure({**case, "runner": "tutorial", "iters": 3})
+        row = {"loss": loss, "param": param, "ours": ours, "tutorial_reference": ref}
+        if "error" not in ours and "error" not in ref:
+            row["speedup_vs_reference"] = round(ref["seconds"] / ours["seconds"], 1)
+            row["speedup_vs_tutorial_loop_estimate"] = round(ref["tutorial_loop_estimated_seconds"] / ours["seconds"], 1)
+            row["objective_ratio_ours_to_reference"] = ours["objective"] / ref["objective"]
+        print(f"  {loss}: ours {ours.get('seconds', float('nan')):.3f} s, reference "
+              f"{ref.get('seconds', float('nan')):.1f} s -> {row.get('speedup_vs_reference')}x "
+              f"(tutorial loop est. {row.get('speedup_vs_tutorial_loop_estimate')}x), objective ratio "
+              f"{row.get('objective_ratio_ours_to_reference')}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def square_vs_libraries(device: str, quick: bool) -> list[dict]:
+    """Part 2: fixed iterations from the same initial centers; tol=0 everywhere."""
+    cases = [{"data": "vgg", "n": 20_000, "d": 512, "k": 20, "iters": 20},
+             {"data": "blobs", "n": 200_000 if quick else 2_000_000, "d": 25, "k": 1000, "iters": 5 if quick else 10}]
+    rows = []
+    for spec in cases:
+        case = {**spec, "seed": 0, "loss": "square", "device": device, "tol": 0.0}
+        row = {"case": f"{spec['n']} x {spec['d']}, k={spec['k']}, {spec['iters']} iterations"}
+        for runner in ("ours", "sklearn", "faiss"):
+            result = measure({**case, "runner": runner})
+            if "seconds" in result:
+                result["seconds_per_iteration"] = result["seconds"] / max(1, result["iterations"])
+            row[runner] = result
+            print(f"  {row['case']} {runner}: {result}", flush=True)
+        if "seconds" in row["ours"] and "seconds" in row["faiss"]:
+            row["per_iteration_ours_over_faiss"] = row["ours"]["seconds_per_iteration"] / row["faiss"]["seconds_per_iteration"]
+            row["inertia_ours_over_faiss"] = row["ours"]["objective"] / row["faiss"]["objective"]
+        rows.append(row)
+    return rows
+
+
+def large_robust(device: str, quick: bool) -> list[dict]:
+    """Part 3: time per iteration and peak memory at scale (parameter fixed: auto's cost is separate)."""
+    on_gpu = device == "cuda"
+    n, k = (1_000_000, 100) if on_gpu else (20_000 if quick else 200_000, 50)
+    rows = []
+    for loss in ROBUST:
+        case = {"data": "vgg", "n": n, "d": 512, "k": k, "seed": 0, "loss": loss, "device": device,
+                "iters": 3, "tol": 0.0, "param": {"huber": 0.5, "pseudo_huber": 0.5, "correntropy": 15.0,
+                                                   "epsilon_insensitive": 10.0}[loss], "runner": "ours"}
+        result = measure(case)
+        if "seconds" in result:
+            result["seconds_per_iteration"] = result["seconds"] / max(1, result["iterations"])
+        rows.append({"loss": loss, "case": f"{n} x 512, k={k}", **result})
+        print(f"  {loss} {n} x 512 k={k}: {result}", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--parts", default="1,2,3")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    from pipeline.kmeans import resolve_device
+
+    device = str(resolve_device(args.device))
+    parts = {p.strip() for p in args.parts.split(",")}
+    result = {"device": device, "quick": args.quick}
+    started = time.perf_counter()
+    if "1" in parts:
+        print("1. robust losses vs the tutorial's algorithm", flush=True)
+        result["robust_vs_tutorial"] = robust_vs_tutorial(device, args.quick)
+    if "2" in parts:
+        print("2. square loss vs scikit-learn and faiss", flush=True)
+        result["square_vs_libraries"] = square_vs_libraries(device, args.quick)
+    if "3" in parts:
+        print("3. robust losses at scale", flush=True)
+        result["large_robust"] = large_robust(device, args.quick)
+    result["total_seconds"] = round(time.perf_counter() - started, 1)
+    shutil.rmtree(DATA_DIR, ignore_errors=True)
+    name = "cluster" if not args.quick else "cluster_quick"
+    print(f"-> {write_result(name, result)}")
+
+
+if __name__ == "__main__":
+    main()
