@@ -12,8 +12,8 @@ K ?=
 LOSSES ?=
 CLUSTER_ARGS := --config $(CONFIG) $(if $(K),--k $(K)) $(if $(LOSSES),--losses $(LOSSES))
 
-.PHONY: install run features cluster represent sheets export check-html test bench bench-extract bench-cluster \
-	sample-data clean
+.PHONY: install run features cluster represent sheets sweep evaluate export check-html test bench bench-extract \
+	bench-cluster bench-robust sample-data clean
 
 install: $(STAMP)
 
@@ -43,6 +43,14 @@ represent: $(STAMP)
 sheets: $(STAMP)
 	$(PY) -m pipeline render --out $(OUT) $(if $(LOSSES),--losses $(LOSSES))
 
+# make sweep [KS=2:40] [LOSSES=square,huber]: objective and silhouette per k, a suggested k
+sweep: $(STAMP)
+	$(PY) -m pipeline sweep --out $(OUT) --config $(CONFIG) $(if $(KS),--k $(KS)) $(if $(LOSSES),--loss $(LOSSES))
+
+# make evaluate [LABELS=labels.csv]: NMI, ARI, accuracy, purity per loss
+evaluate: $(STAMP)
+	$(PY) -m pipeline evaluate --out $(OUT) $(if $(LABELS),--labels $(LABELS))
+
 # make export LOSS=huber TO=~/sorted [COPY=1]
 export: $(STAMP)
 	$(PY) -m pipeline export --out $(OUT) --loss $(or $(LOSS),square) --to $(or $(TO),$(OUT)/export) $(if $(COPY),--copy)
@@ -55,7 +63,7 @@ check-html: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: bench-extract bench-cluster
+bench: bench-extract bench-cluster bench-robust
 
 bench-extract: $(STAMP)
 	$(PY) benchmarks/bench_extract.py --photos $(PHOTOS)
@@ -63,6 +71,10 @@ bench-extract: $(STAMP)
 bench-cluster: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check '.[bench]' >/dev/null
 	$(PY) benchmarks/bench_cluster.py
+
+# Needs the sample's features (make features); adds junk images and scores every loss.
+bench-robust: $(STAMP)
+	$(PY) benchmarks/bench_robust.py --photos $(PHOTOS) --out $(OUT)
 
 # Rebuild data/sample from Debian's tuxpaint-stamps-default (apt-get install it first).
 sample-data: $(STAMP)

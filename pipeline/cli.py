@@ -36,7 +36,7 @@ def _add_extract_options(p: argparse.ArgumentParser) -> None:
 
 def _add_cluster_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
     """Cluster options; `run` prefixes the two that extract also has (seed, device)."""
-    p.add_argument("--k", type=int, default=None, help="number of clusters")
+    p.add_argument("--k", default=None, help="number of clusters, or auto: the k `sweep` suggested")
     p.add_argument("--losses", default=None,
                    help="comma-separated: square,absolute,huber,pseudo_huber,correntropy,epsilon_insensitive")
     p.add_argument("--normalize", choices=("l2", "none"), default=None,
@@ -87,6 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extract_options(run)
     _add_cluster_options(run, prefix="cluster-")
     run.set_defaults(run=_run_all)
+
+    swp = sub.add_parser("sweep", help="fit a range of k and suggest one (objective curve + silhouette)")
+    _add_out(swp)
+    _add_config(swp)
+    swp.add_argument("--k", default=None, help="range first:last[:step] (default 2:40)")
+    swp.add_argument("--loss", default=None, help="comma-separated losses to sweep (default square)")
+    swp.add_argument("--normalize", choices=("l2", "none"), default=None)
+    swp.add_argument("--seed", dest="cluster_seed", type=int, default=None)
+    swp.add_argument("--n-init", type=int, default=None)
+    swp.add_argument("--param", action="append", default=[], metavar="LOSS=VALUE")
+    swp.set_defaults(run=_run_sweep)
+
+    ev = sub.add_parser("evaluate", help="score every clustering against labels (folder names or a CSV)")
+    _add_out(ev)
+    ev.add_argument("--labels", default="folder",
+                    help="folder: the first folder under the photo root (default); or a CSV with path,label")
+    ev.set_defaults(run=_run_evaluate)
 
     exp = sub.add_parser("export", help="lay a clustering out as folders of links (or copies)")
     _add_out(exp)
@@ -203,6 +220,38 @@ def _run_all(args: argparse.Namespace) -> int:
     _cluster(cfg, out)
     represent_run(out, list(cfg.cluster.losses), log=_log)
     _render(out, list(cfg.cluster.losses), None)
+    return 0
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .sweep import DEFAULT_K_RANGE, sweep_run
+
+    overrides = dict(normalize=args.normalize, seed=args.cluster_seed, n_init=args.n_init)
+    params = _parse_params(args.param)
+    if params:
+        overrides["params"] = params
+    cfg = load_config(args.config, cluster=overrides)
+    out = _out(args)
+    results = sweep_run(out, cfg.cluster, args.k or DEFAULT_K_RANGE, _losses(args.loss), log=_log)
+    for r in results:
+        print(f"{r.loss}: suggested k = {r.suggested} (knee {r.knee}) -> {out}/sweep/{r.loss}.png; "
+              "`cluster --k auto` uses it")
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+    from .report import write_index
+
+    out = _out(args)
+    result = evaluate_run(out, args.labels, log=_log)
+    print(result.markdown)
+    best = result.table.sort_values("nmi", ascending=False).iloc[0]
+    print(f"best NMI: {best['loss']} ({best['nmi']:.3f}); {int(best['labelled'])} labelled photos in "
+          f"{int(best['classes'])} classes -> {out}/evaluation.csv")
+    if (out / "index.html").is_file():
+        write_index(out)
     return 0
 
 

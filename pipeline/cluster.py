@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -76,10 +76,13 @@ def cluster_run(out_dir: Path, cfg: ClusterConfig, *, log: Callable[[str], None]
     out_dir = Path(out_dir)
     paths, raw, cache_key = load_embedded(out_dir)
     features = normalize_features(raw, cfg.normalize)
-    if cfg.k > len(paths):
-        raise UserError(f"k={cfg.k} is larger than the {len(paths)} embedded images in {out_dir}; pass a smaller --k")
+    base = cfg
     results = []
     for loss in cfg.losses:
+        cfg = replace(base, k=_resolve_k(out_dir, base, loss, features, log))
+        if cfg.k > len(paths):
+            raise UserError(f"k={cfg.k} is larger than the {len(paths)} embedded images in {out_dir}; "
+                            "pass a smaller --k")
         folder = loss_dir(out_dir, loss)
         fingerprint = _fingerprint(features, paths, cfg, loss)
         previous = _read_summary(folder)
@@ -94,6 +97,20 @@ def cluster_run(out_dir: Path, cfg: ClusterConfig, *, log: Callable[[str], None]
                 f"{result.seconds:.2f} s{_describe_params(result.params)}; sizes {result.sizes}")
         results.append(result)
     return results
+
+
+def _resolve_k(out_dir: Path, cfg: ClusterConfig, loss: str, features: np.ndarray,
+               log: Callable[[str], None]) -> int:
+    """k as configured, or for "auto" the k a sweep suggested (running the sweep if none did)."""
+    if cfg.k != "auto":
+        return cfg.k
+    from .sweep import DEFAULT_K_RANGE, sweep_run, suggested_k
+
+    k = suggested_k(out_dir, loss)
+    if k is None:
+        log(f"{loss:>19}: k=auto and no sweep yet: sweeping k over {DEFAULT_K_RANGE}")
+        k = sweep_run(out_dir, cfg, DEFAULT_K_RANGE, [loss], log=log)[0].suggested
+    return k
 
 
 def _describe_params(params: dict) -> str:

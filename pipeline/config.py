@@ -28,7 +28,7 @@ class ExtractConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    k: int = 4
+    k: int | str = 4  # or "auto": the k a `sweep` suggested
     losses: tuple[str, ...] = LOSS_NAMES
     normalize: str = "l2"
     seed: int = 0
@@ -160,7 +160,7 @@ def _validate_cluster(values: dict[str, Any], source: str) -> ClusterConfig:
 
     return replace(
         cfg,
-        k=_int(values.get("k", cfg.k), "cluster.k", 1, source),
+        k="auto" if values.get("k") == "auto" else _int(values.get("k", cfg.k), "cluster.k (or \"auto\")", 1, source),
         losses=losses,
         normalize=_choice(values.get("normalize", cfg.normalize), "cluster.normalize", NORMALIZATIONS, source),
         seed=_int(values.get("seed", cfg.seed), "cluster.seed", 0, source),

@@ -97,6 +97,11 @@ def kmeans_plus_plus(X: torch.Tensor, k: int, rng: np.random.Generator, trials: 
     return torch.tensor(chosen, dtype=torch.int64, device=X.device)
 
 
+def auto_param_at(X: torch.Tensor, k: int, loss: str, seed: int = 0) -> float | None:
+    """The parameter `param="auto"` gives `loss` at k clusters on X (None for square/absolute)."""
+    return GeneralizedKMeans(k, loss, n_init=1, seed=seed, device=X.device)._resolve_param(X, None)
+
+
 class GeneralizedKMeans:
     """k-means under any of the six losses of `pipeline.losses`.
 

@@ -65,6 +65,39 @@ features normalised: {escape(str(summary.get('normalize', '?')))}.
 {rows}</table>"""
 
 
+def _sweep_section(out_dir: Path) -> str:
+    parts = []
+    for meta_path in sorted((out_dir / "sweep").glob("*.json")):
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        loss = meta_path.stem
+        parts.append(f"<p>{escape(loss)}: suggested k = {int(meta.get('suggested_k', 0))} (knee at "
+                     f"{int(meta.get('knee', 0))}; rule: {escape(str(meta.get('rule', '')))}). "
+                     f"<a href=\"{href(f'sweep/{loss}.csv')}\">{escape(loss)}.csv</a></p>"
+                     f"<p><img src=\"{href(f'sweep/{loss}.png')}\" alt=\"sweep of k under {escape(loss)}\"></p>")
+    return "<h2 id=sweep>Choosing k</h2>" + "".join(parts) if parts else ""
+
+
+def _evaluation_section(out_dir: Path) -> str:
+    path = out_dir / "evaluation.csv"
+    if not path.is_file():
+        return ""
+    table = pd.read_csv(path)
+    rows = "".join(f"<tr><td><a href=\"#{escape(str(r.loss))}\">{escape(str(r.loss))}</a></td><td>{int(r.k)}</td>"
+                   f"<td>{r.nmi:.3f}</td><td>{r.ari:.3f}</td><td>{r.accuracy:.3f}</td><td>{r.purity:.3f}</td></tr>"
+                   for r in table.itertuples())
+    figures = "".join(f"<img src=\"{href(f'evaluation/confusion_{r.loss}.png')}\" alt=\"confusion {escape(str(r.loss))}\">"
+                      for r in table.itertuples() if (out_dir / "evaluation" / f"confusion_{r.loss}.png").is_file())
+    labelled = int(table["labelled"].iloc[0]) if len(table) else 0
+    return (f"<h2 id=evaluation>Against the labels</h2><p>{labelled} labelled photos. "
+            "<a href=\"evaluation.csv\">evaluation.csv</a> · "
+            "<a href=\"evaluation_agreement.csv\">agreement between the losses (ARI)</a></p>"
+            "<table><tr><th>loss</th><th>k</th><th>NMI</th><th>ARI</th><th>accuracy</th><th>purity</th></tr>"
+            f"{rows}</table><p>{figures}</p>")
+
+
 def write_index(out_dir: Path, title: str | None = None) -> Path:
     """Write out_dir/index.html from what the stages left there; returns its path."""
     out_dir = Path(out_dir)
@@ -87,6 +120,8 @@ def write_index(out_dir: Path, title: str | None = None) -> Path:
 <p>{ok} photos embedded, {len(bad)} unreadable (<a href="manifest.csv">manifest.csv</a>).
 Clustered under: {nav or '<span class=muted>nothing yet</span>'}.</p>
 {comparison}
+{_evaluation_section(out_dir)}
+{_sweep_section(out_dir)}
 {''.join(_loss_section(out_dir, loss) for loss in losses)}
 {unreadable}
 <p class=muted>Made by photoclust. Every path is relative to this folder.</p>
