@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .cache import atomic_save_npy, atomic_write_bytes, atomic_write_csv, key_id, load_embedded
 from .config import ClusterConfig
@@ -122,8 +123,17 @@ def _fit_one(features: np.ndarray, paths: list[str], cfg: ClusterConfig, loss: s
     param = cfg.params.get(loss, "auto") if loss in PARAM_NAME else None
     started = time.perf_counter()
     try:
-        model = GeneralizedKMeans(n_clusters=cfg.k, loss=loss, param=param, n_init=cfg.n_init,
-                                  max_iter=cfg.max_iter, seed=cfg.seed, device=cfg.device).fit(features)
+        # The bar counts iterations against the worst case (every restart runs max_iter);
+        # on a terminal only, and it disappears when the loss is done.
+        with tqdm(total=cfg.n_init * cfg.max_iter, desc=loss, unit="it", leave=False, disable=None,
+                  dynamic_ncols=True) as bar:
+            def progress(iteration: int, objective: float) -> None:
+                bar.update(1)
+                bar.set_postfix_str(f"objective {objective:.6g}", refresh=False)
+
+            model = GeneralizedKMeans(n_clusters=cfg.k, loss=loss, param=param, n_init=cfg.n_init,
+                                      max_iter=cfg.max_iter, seed=cfg.seed, device=cfg.device,
+                                      on_iteration=progress).fit(features)
     except ValueError as exc:  # the engine's validation messages are written for users
         raise UserError(f"cluster ({loss}): {exc}") from None
     seconds = time.perf_counter() - started

@@ -36,15 +36,15 @@ def folder_labels(paths: list[str]) -> list[str | None]:
     return [p.split("/", 1)[0] if "/" in p else None for p in paths]
 
 
-def csv_labels(paths: list[str], csv_path: Path) -> list[str | None]:
+def csv_labels(csv_path: Path) -> dict[str, str]:
+    """path -> label from a CSV with columns path,label."""
     try:
         frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"--labels {csv_path}: cannot read it as CSV ({exc})") from None
     if not {"path", "label"} <= set(frame.columns):
         raise UserError(f"--labels {csv_path}: needs the columns path,label (found {', '.join(frame.columns)})")
-    lookup = dict(zip(frame["path"], frame["label"]))
-    return [lookup.get(p) or None for p in paths]
+    return dict(zip(frame["path"], frame["label"]))
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -82,11 +82,12 @@ def evaluate_run(out_dir: Path, labels: str | Path | None = None, *,
     losses = clustered_losses(out_dir)
     if not losses:
         raise UserError(f"no clusterings in {out_dir}/clusters: run `python -m pipeline cluster --out {out_dir}` first")
+    lookup = None if labels in (None, "folder") else csv_labels(Path(labels))
     rows, labelings = [], {}
     for loss in losses:
         frame = read_assignments(out_dir, loss)
         paths = frame["path"].tolist()
-        truth = folder_labels(paths) if labels in (None, "folder") else csv_labels(paths, Path(labels))
+        truth = folder_labels(paths) if lookup is None else [lookup.get(p) or None for p in paths]
         keep = np.array([t is not None for t in truth])
         if not keep.any():
             raise UserError(f"no labels for the photos of {out_dir}: they are not in subfolders of the photo folder; "

@@ -14,6 +14,7 @@ Computation is float32 on the chosen device (CUDA when available), sums in float
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -116,14 +117,17 @@ class GeneralizedKMeans:
     n_init, max_iter, tol, seed, device : restarts, outer iterations per restart,
         relative objective change that counts as converged, random seed, torch device.
     inner_steps : majorize-minimize steps per center update (default per loss).
+    on_iteration : called as on_iteration(iteration, objective) after every outer
+        iteration of every restart (for progress bars).
     """
 
     def __init__(self, n_clusters: int = 8, loss: str = "square", param: float | str | None = "auto", *,
                  init="k-means++", n_init: int = 4, max_iter: int = 100, tol: float = 1e-6, seed: int = 0,
-                 device: str | torch.device = "auto", inner_steps: int | None = None, verbose: bool = False):
+                 device: str | torch.device = "auto", inner_steps: int | None = None,
+                 on_iteration: Callable[[int, float], None] | None = None):
         self.n_clusters, self.loss, self.param, self.init = n_clusters, L.check_loss(loss), param, init
         self.n_init, self.max_iter, self.tol, self.seed = n_init, max_iter, tol, seed
-        self.device, self.inner_steps, self.verbose = device, inner_steps, verbose
+        self.device, self.inner_steps, self.on_iteration = device, inner_steps, on_iteration
         for name, value, low in (("n_init", n_init, 1), ("max_iter", max_iter, 1)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise LossInputError(f"{name} must be an integer >= {low}; got {value!r}")
@@ -235,8 +239,8 @@ class GeneralizedKMeans:
             stable = bool(torch.equal(new_labels, labels))
             change = abs(objective - new_objective) / max(abs(objective), 1e-300)
             labels, objective = new_labels, new_objective
-            if self.verbose:
-                print(f"  iteration {n_iter}: objective {objective:.8g}")
+            if self.on_iteration is not None and loss == self.loss:
+                self.on_iteration(n_iter, objective)
             if stable and (change <= self.tol or loss in ("square", "absolute")):
                 converged = True  # exact updates: same labels means the same centers next time
                 break

@@ -128,3 +128,12 @@ def test_objective_matches_the_per_cluster_sums():
                                      torch.from_numpy(model.cluster_centers_),
                                      torch.from_numpy(model.labels_), "pseudo_huber", 0.5)
     assert float(per_cluster.sum()) == pytest.approx(model.objective_, rel=1e-6)
+
+
+def test_on_iteration_reports_every_iteration_with_a_falling_objective():
+    seen = []
+    X = vgg_like(150, 8, 3, seed=4)
+    model = GeneralizedKMeans(3, "huber", param=0.5, n_init=1, on_iteration=lambda i, obj: seen.append((i, obj))).fit(X)
+    assert [i for i, _ in seen] == list(range(1, model.n_iter_ + 1))
+    objectives = [obj for _, obj in seen]
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(objectives, objectives[1:]))
