@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     swp = sub.add_parser("sweep", help="fit a range of k and suggest one (objective curve + silhouette)")
     _add_out(swp)
     _add_config(swp)
-    swp.add_argument("--k", default=None, help="range first:last[:step] (default 2:40)")
+    swp.add_argument("--k", dest="k_range", default=None, help="range first:last[:step] (default 2:40)")
     swp.add_argument("--loss", default=None, help="comma-separated losses to sweep (default square)")
     swp.add_argument("--normalize", choices=("l2", "none"), default=None)
     swp.add_argument("--seed", dest="cluster_seed", type=int, default=None)
@@ -144,9 +144,10 @@ def _load(args: argparse.Namespace, extract: bool = False, cluster: bool = False
     ext = dict(weights=args.weights, resize=args.resize, batch_size=args.batch_size, workers=args.workers,
                device=args.device) if extract else None
     clu = None
-    if cluster:
-        clu = dict(k=args.k, losses=args.losses, normalize=args.normalize, seed=args.cluster_seed,
-                   n_init=args.n_init, max_iter=args.max_iter, device=args.cluster_device)
+    if cluster:  # sweep has only some of the cluster options
+        clu = {key: getattr(args, attr, None) for key, attr in (
+            ("k", "k"), ("losses", "losses"), ("normalize", "normalize"), ("seed", "cluster_seed"),
+            ("n_init", "n_init"), ("max_iter", "max_iter"), ("device", "cluster_device"))}
         params = _parse_params(args.param)
         if params:
             clu["params"] = params
@@ -224,16 +225,11 @@ def _run_all(args: argparse.Namespace) -> int:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    from .config import load_config
     from .sweep import DEFAULT_K_RANGE, sweep_run
 
-    overrides = dict(normalize=args.normalize, seed=args.cluster_seed, n_init=args.n_init)
-    params = _parse_params(args.param)
-    if params:
-        overrides["params"] = params
-    cfg = load_config(args.config, cluster=overrides)
     out = _out(args)
-    results = sweep_run(out, cfg.cluster, args.k or DEFAULT_K_RANGE, _losses(args.loss), log=_log)
+    results = sweep_run(out, _load(args, cluster=True).cluster, args.k_range or DEFAULT_K_RANGE,
+                        _losses(args.loss), log=_log)
     for r in results:
         print(f"{r.loss}: suggested k = {r.suggested} (knee {r.knee}) -> {out}/sweep/{r.loss}.png; "
               "`cluster --k auto` uses it")
