@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

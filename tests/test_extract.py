@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 import textwrap
