@@ -166,13 +166,15 @@ def _extract(args: argparse.Namespace, cfg, out: Path) -> None:
           f"{f', dropped {report.dropped} deleted' if report.dropped else ''} in {report.seconds:.1f} s -> {out}")
 
 
-def _cluster(cfg, out: Path, force: bool = False) -> None:
+def _cluster(cfg, out: Path, force: bool = False) -> int:
+    """Run the cluster stage; returns how many losses were refitted."""
     from .cluster import cluster_run
 
     results = cluster_run(out, cfg.cluster, log=_log, force=force)
     fitted = sum(not r.reused for r in results)
     print(f"clustered under {len(results)} loss(es) ({fitted} fitted, {len(results) - fitted} up to date) "
           f"-> {out}/clusters/")
+    return fitted
 
 
 def _render(out: Path, losses: list[str] | None, max_per_sheet: int | None) -> None:
@@ -194,7 +196,12 @@ def _run_extract(args: argparse.Namespace) -> int:
 
 
 def _run_cluster(args: argparse.Namespace) -> int:
-    _cluster(_load(args, cluster=True), _out(args), force=args.force)
+    out = _out(args)
+    if _cluster(_load(args, cluster=True), out, force=args.force) and (out / "index.html").is_file():
+        from .report import write_index
+
+        write_index(out)  # the page must not show the refitted losses' old sheets
+        print("  refitted losses have no sheets yet: `make represent sheets` (python -m pipeline render) draws them")
     return 0
 
 

@@ -9,6 +9,7 @@ written is not recomputed.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import json
 import time
 from dataclasses import asdict, dataclass, replace
@@ -114,6 +115,14 @@ def _resolve_k(out_dir: Path, cfg: ClusterConfig, loss: str, features: np.ndarra
     return k
 
 
+def _drop_derived(out_dir: Path, loss: str) -> None:
+    """A refit makes the later stages' files of this loss stale: remove them, so no page or
+    sheet shows the old clusters (`represent` and `render` make them again)."""
+    (out_dir / "clusters" / loss / "representatives.csv").unlink(missing_ok=True)
+    (out_dir / "sheets" / f"representatives_{loss}.png").unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "sheets" / loss, ignore_errors=True)
+
+
 def _describe_params(params: dict) -> str:
     return "".join(f", {name}={value:.4g}" for name, value in params.items())
 
@@ -148,6 +157,7 @@ def _fit_one(features: np.ndarray, paths: list[str], cfg: ClusterConfig, loss: s
                         converged=bool(model.converged_), seconds=round(seconds, 4), sizes=sizes)
 
     folder.mkdir(parents=True, exist_ok=True)
+    _drop_derived(folder.parent.parent, loss)
     atomic_write_csv(folder / "assignments.csv", ASSIGNMENT_COLUMNS,
                      [(p, int(c), f"{v:.9g}") for p, c, v in zip(paths, labels, per_point)])
     atomic_save_npy(folder / "centers.npy", centers.astype(np.float32))

@@ -46,21 +46,30 @@ def _loss_section(out_dir: Path, loss: str) -> str:
     setting = summary.get("param_setting")
     if setting == "auto" and summary.get("params"):
         params += " <span class=muted>(auto: from the data's scale)</span>"
+    def sheet_link(cluster: int) -> str:
+        name = cluster_sheet_name(loss, cluster)
+        return f"<a href=\"{href(name)}\">cluster {cluster}</a>" if (out_dir / name).is_file() else f"cluster {cluster}"
+
     rows = "".join(
-        f"<tr><td><a href=\"{href(cluster_sheet_name(loss, int(r.cluster)))}\">cluster {int(r.cluster)}</a></td>"
+        f"<tr><td>{sheet_link(int(r.cluster))}</td>"
         f"<td>{int(r.size)}</td><td>{escape(str(r.representative))}</td><td>{float(r.representative_loss):.4g}</td>"
         f"<td>{escape(str(r.outliers).replace('|', ', '))}</td></tr>"
         for r in reps.itertuples())
     sheet = f"sheets/representatives_{loss}.png"
+    # Link only what exists: `cluster` or `evaluate` may rewrite the page before `render` ran.
+    reps_link = (f" · <a href=\"{href(f'clusters/{loss}/representatives.csv')}\">representatives.csv</a>"
+                 if reps_path.is_file() else "")
+    picture = (f"<p><img class=sheet src=\"{href(sheet)}\" alt=\"representatives under {escape(loss)}\"></p>"
+               if (out_dir / sheet).is_file() else
+               "<p class=muted>No sheets yet: run <code>make sheets</code> (python -m pipeline render).</p>")
     return f"""
 <h2 id="{escape(loss)}">{escape(loss)}</h2>
 <p>k = {summary.get('k', '?')}, parameters: {params}; objective {summary.get('objective', float('nan')):.6g}
 after {summary.get('iterations', '?')} iterations ({'converged' if summary.get('converged') else 'iteration cap reached'}),
 {summary.get('seconds', float('nan')):.2f} s; seed {summary.get('seed', '?')}, {summary.get('n_init', '?')} restarts,
 features normalised: {escape(str(summary.get('normalize', '?')))}.
-<a href="{href(f'clusters/{loss}/assignments.csv')}">assignments.csv</a> ·
-<a href="{href(f'clusters/{loss}/representatives.csv')}">representatives.csv</a></p>
-<p><img class=sheet src="{href(sheet)}" alt="representatives under {escape(loss)}"></p>
+<a href="{href(f'clusters/{loss}/assignments.csv')}">assignments.csv</a>{reps_link}</p>
+{picture}
 <table><tr><th>cluster sheet</th><th>size</th><th>representative</th><th>its loss</th><th>farthest members</th></tr>
 {rows}</table>"""
 

@@ -191,3 +191,18 @@ def test_missing_photo_is_drawn_as_a_placeholder_and_reported(tmp_path, capsys):
     os.remove(photos / "b" / "img_00.png")
     assert main(["render", "--out", str(out)]) == 0
     assert "not drawn: b/img_00.png" in capsys.readouterr().err
+
+
+def test_a_refit_never_leaves_old_sheets_or_broken_links(pipeline_run, tmp_path, capsys):
+    _, cached = pipeline_run
+    out = tmp_path / "out"
+    shutil.copytree(cached, out)
+    assert (out / "sheets" / "square" / "cluster_2.png").is_file()
+    assert main(["cluster", "--out", str(out), "--k", "2", "--losses", "square", "--n-init", "1"]) == 0
+    assert "no sheets yet" in capsys.readouterr().out
+    assert not (out / "sheets" / "square").exists() and not (out / "clusters/square/representatives.csv").exists()
+    assert (out / "sheets" / "representatives_huber.png").is_file()  # other losses keep theirs
+    assert broken_links(out / "index.html") == []
+    assert main(["render", "--out", str(out), "--losses", "square"]) == 0
+    assert sorted(p.name for p in (out / "sheets" / "square").iterdir()) == ["cluster_0.png", "cluster_1.png"]
+    assert broken_links(out / "index.html") == []
