@@ -11,7 +11,7 @@ so its peak memory is its own: peak_rss_above_baseline_mb is the growth of the p
 resident memory past what it held with the libraries imported and the data loaded.
 
     python benchmarks/bench_cluster.py [--quick] [--device auto] [--parts 1,2,3]
-writes outputs/bench/cluster.json.
+writes outputs/bench/cluster.json (a run of some parts keeps the others' figures there).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import blobs, vgg_like, write_result  # noqa: E402
+from benchmarks.common import BENCH_DIR, blobs, vgg_like, write_result  # noqa: E402
 
 ROBUST = ("huber", "pseudo_huber", "correntropy", "epsilon_insensitive")
 
@@ -260,8 +260,13 @@ def main() -> None:
         print("3. robust losses at scale", flush=True)
         result["large_robust"] = large_robust(device, args.quick)
     result["total_seconds"] = round(time.perf_counter() - started, 1)
-    shutil.rmtree(DATA_DIR, ignore_errors=True)
     name = "cluster" if not args.quick else "cluster_quick"
+    previous = BENCH_DIR / f"{name}.json"
+    if parts != {"1", "2", "3"} and previous.is_file():  # a partial rerun keeps the other parts' figures
+        kept = json.loads(previous.read_text())
+        result = {**{k: v for k, v in kept.items() if k not in ("machine", "total_seconds")}, **result,
+                  "parts_rerun": sorted(parts)}
+    shutil.rmtree(DATA_DIR, ignore_errors=True)
     print(f"-> {write_result(name, result)}")
 
 

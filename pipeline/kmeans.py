@@ -228,13 +228,15 @@ class GeneralizedKMeans:
         max_iter = max_iter or self.max_iter
         # The loop tracks the objective from the assignment pass itself (free); the exact
         # value (no GEMM rounding) is computed once at the end.
-        labels, cost = L.assign(X, C, loss, param, with_cost=True)
+        # squared norms for the GEMM-based assignments, computed once for the whole loop
+        x_sq = (X * X).sum(1) if loss == "square" or loss in L.DISTANCE_LOSSES else None
+        labels, cost = L.assign(X, C, loss, param, with_cost=True, x_sq=x_sq)
         objective = float(cost.double().sum())
         converged, n_iter = False, 0
         for n_iter in range(1, max_iter + 1):
             C = self._reseed_empty(X, C, labels, loss, param)
             C = L.update_centers(X, labels, C, loss, param, steps=self.inner_steps)
-            new_labels, cost = L.assign(X, C, loss, param, with_cost=True)
+            new_labels, cost = L.assign(X, C, loss, param, with_cost=True, x_sq=x_sq)
             new_objective = float(cost.double().sum())
             stable = bool(torch.equal(new_labels, labels))
             change = abs(objective - new_objective) / max(abs(objective), 1e-300)
