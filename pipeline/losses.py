@@ -2,7 +2,8 @@
 
 Everything here works on torch tensors and runs unchanged on CPU or CUDA. Computation
 happens in the dtype of `X` (float32 in the engine, float64 in tests); every sum over
-points is accumulated in float64.
+points is accumulated in float64 (the mean's per-chunk partial sums, at most a few
+thousand rows each, in the data's dtype).
 
 Notation: `r = x - mu` (a residual vector), `d = ||r||_2`.
 
