@@ -78,7 +78,7 @@ def kmeans_plus_plus(X: torch.Tensor, k: int, rng: np.random.Generator, trials: 
     """
     n = X.shape[0]
     trials = trials or 2 + int(math.log(k))
-    x_sq = (X * X).sum(1)
+    x_sq = L.row_sq_norms(X)
     first = int(rng.integers(n))
     chosen = [first]
     closest = (x_sq - 2 * X @ X[first] + x_sq[first]).clamp(min=0).double()
@@ -229,7 +229,7 @@ class GeneralizedKMeans:
         # The loop tracks the objective from the assignment pass itself (free); the exact
         # value (no GEMM rounding) is computed once at the end.
         # squared norms for the GEMM-based assignments, computed once for the whole loop
-        x_sq = (X * X).sum(1) if loss == "square" or loss in L.DISTANCE_LOSSES else None
+        x_sq = L.row_sq_norms(X) if loss == "square" or loss in L.DISTANCE_LOSSES else None
         labels, cost = L.assign(X, C, loss, param, with_cost=True, x_sq=x_sq)
         objective = float(cost.double().sum())
         converged, n_iter = False, 0

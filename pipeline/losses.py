@@ -50,7 +50,7 @@ _CPU_GEMM_BLOCK_BYTES = 8 * 2**20
 HUBER_EFFICIENCY = 1.345  # Huber's constant for 95% efficiency under Gaussian noise
 MAD_TO_SIGMA = 1.4826  # MAD * 1.4826 estimates the standard deviation of Gaussian noise
 EPSILON_QUANTILE = 0.1
-AUTO_MAX_ROWS = 65536
+AUTO_MAX_ROWS = 16384  # 16384 x 512 float64 residuals: 64 MB
 
 # Inner-step defaults of update_centers per loss (the engine's outer loop keeps going, so
 # a few majorize-minimize steps per outer iteration suffice).
@@ -155,6 +155,14 @@ def _pass_rows(X: torch.Tensor, max_chunk_bytes: int) -> int:
 
 def _sq_norms(X: torch.Tensor) -> torch.Tensor:
     return (X * X).sum(1)
+
+
+def row_sq_norms(X: torch.Tensor, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> torch.Tensor:
+    """|x_i|^2 for every row, in row chunks (X * X whole would copy the data once more)."""
+    out = torch.empty(X.shape[0], dtype=X.dtype, device=X.device)
+    for s in _row_slices(X.shape[0], _pass_rows(X, max_chunk_bytes)):
+        out[s] = _sq_norms(X[s])
+    return out
 
 
 def _sq_distances(Xc: torch.Tensor, C: torch.Tensor, c_sq: torch.Tensor, out: torch.Tensor | None = None
