@@ -26,7 +26,7 @@ from .errors import UserError
 from .kmeans import GeneralizedKMeans
 from .losses import PARAM_NAME, pointwise_loss
 
-ENGINE_VERSION = 2  # bump when a change to the engine changes results, so caches refit
+ENGINE_VERSION = 3  # bump when a change to the engine changes results, so caches refit
 ASSIGNMENT_COLUMNS = ["path", "cluster", "loss_to_center"]
 
 
