@@ -69,7 +69,7 @@ bench-extract: $(STAMP)
 	$(PY) benchmarks/bench_extract.py --photos $(PHOTOS)
 
 bench-cluster: $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check '.[bench]' >/dev/null
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]' >/dev/null
 	$(PY) benchmarks/bench_cluster.py
 
 # Needs the sample's features (make features); adds junk images and scores every loss.

@@ -18,7 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import write_result  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.extract import autocast_dtype, embed_batch, extract_folder, pick_device  # noqa: E402
+from pipeline.extract import autocast_dtype, embed_batch, extract_folder  # noqa: E402
+from pipeline.kmeans import resolve_device  # noqa: E402
 from pipeline.weights import build_features_model, resolve_weights  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     args = parser.parse_args()
     cfg = load_config(None, extract=dict(weights=args.weights, device=args.device, batch_size=args.batch_size)).extract
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device, prefer_mps=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         marks: dict[str, float] = {}

@@ -27,6 +27,7 @@ from .cache import (FEATURE_DIM, OK, UNREADABLE, Entry, Journal, activate_key, k
 from .config import ExtractConfig
 from .errors import UserError
 from .images import IMAGE_EXTENSIONS, UnreadableImage, find_images, open_rgb
+from .kmeans import resolve_device
 from .weights import Preprocess, Weights, build_features_model, resolve_weights
 
 MODEL_ID = "torchvision.vgg16.features+global_avg_pool"
@@ -47,20 +48,6 @@ class ExtractReport:
 
     def summary(self) -> str:
         return f"{self.embedded} embedded, {self.unreadable} unreadable (see manifest.csv)"
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible to torch; use --device auto or cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("--device mps: Apple MPS is not available here; use --device auto or cpu")
-    return torch.device(name)
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -157,7 +144,7 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
                         "check the folder")
 
     weights = resolve_weights(cfg.weights, seed=seed, log=log)
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device, prefer_mps=True)
     half = autocast_dtype(device)
     key = cache_key(weights, cfg.resize, str(half).replace("torch.", "") if half else "float32")
     out_dir = Path(out_dir)

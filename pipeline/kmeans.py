@@ -23,15 +23,23 @@ from . import losses as L
 from .losses import PARAM_NAME, LossInputError
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    """auto: CUDA when torch sees a GPU, else CPU. An explicit device must exist."""
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def resolve_device(name: str | torch.device, prefer_mps: bool = False) -> torch.device:
+    """auto: CUDA when torch sees a GPU, then (with `prefer_mps`, as extraction wants) Apple
+    MPS, else CPU; clustering leaves MPS to an explicit choice since it has no float64.
+    An explicit device must exist."""
     if isinstance(name, torch.device):
         return name
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if prefer_mps and _mps_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise LossInputError("device 'cuda': no CUDA GPU is visible to torch; use device auto or cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if name == "mps" and not _mps_available():
         raise LossInputError("device 'mps': Apple MPS is not available here; use device auto or cpu")
     if name not in ("cpu", "cuda", "mps"):
         raise LossInputError(f"device must be auto, cpu, cuda or mps; got {name!r}")
