@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .cache import OK, read_manifest, read_source
 from .images import UnreadableImage, thumbnail
-from .represent import clustered_losses, read_assignments
+from .represent import clustered_losses, read_assignments, represent_run
 
 THUMB_PX = 160
 MAX_PER_SHEET = 120
@@ -187,8 +187,6 @@ def render_run(out_dir: Path, losses: list[str] | None = None, *, max_per_sheet:
                log: Callable[[str], None] = print, progress: bool | None = None) -> RenderReport:
     """Draw every sheet of `out_dir` (after `represent`)."""
     out_dir = Path(out_dir)
-    from .represent import represent_run
-
     chosen = losses or clustered_losses(out_dir)
     if not chosen:
         represent_run(out_dir, log=log)  # raises the "run cluster first" message
