@@ -80,13 +80,14 @@ def embed_with_junk(photos: Path, out: Path, n_junk: int, work: Path) -> tuple[l
             (root / category.name / f.name).symlink_to(f.resolve())
     make_junk(root / "junk", n_junk, sorted(photos.glob("*/*.jpg")))
     cache.mkdir()
-    for name in ("features.npy", "manifest.csv", "cache_key.json"):
+    for name in ("features.npy", "manifest.csv", "features.json", "cache_key.json"):
         if (out / name).is_file():
             shutil.copy2(out / name, cache / name)
     report = extract_folder(root, cache, load_config(None).extract, log=lambda m: None, progress=False)
     print(f"embedded {report.embedded} images ({report.decoded} decoded: the junk; {report.reused} from the cache)",
           flush=True)
-    paths, features, _ = load_embedded(cache)
+    embedded = load_embedded(cache)
+    paths, features = embedded.paths, embedded.features
     return paths, features
 
 

@@ -1,38 +1,42 @@
-"""The features cache of one output folder: boring, inspectable files written atomically.
+"""The features cache of one output folder: boring, inspectable files, committed as one unit.
 
   features.npy    float32 (n, 512); row i belongs to row i of manifest.csv; rows of files
                   that could not be decoded are NaN
   manifest.csv    path (relative, POSIX), size, mtime_ns, sha1, status (ok|unreadable), reason
+  features.json   the commit record: the SHA-256 of features.npy and of manifest.csv as
+                  written together. A pair that does not match it (a crash between the two
+                  renames, a manifest re-sorted in a spreadsheet, a truncated file) is never
+                  used: a half-finished commit is completed, anything else is set aside
   cache_key.json  model, weights, preprocessing, precision and library versions that made it
   journal/        batches of an extraction still in progress (appended, flushed per batch),
                   so a killed run loses at most the batch in flight
   cache/<id>/     the files of other cache keys, moved aside, never overwritten or reused
+  damaged/<time>/ cache files that failed their check, set aside (never deleted)
   source.json     the photo folder the manifest's relative paths start from (for the sheets)
+
+A commit writes the new pair under temporary names (.features.npy.next,
+.manifest.csv.next), then the record (the commit point), then renames the pair into
+place. Whoever next opens the cache finishes a commit that a crash interrupted.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import os
-import shutil
-import warnings
+import time
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from . import atomic, faults
 from .errors import UserError
+from .layout import Layout
+from .tables import read_rows, write_csv
 
 FEATURE_DIM = 512
-FEATURES = "features.npy"
-MANIFEST = "manifest.csv"
-KEY_FILE = "cache_key.json"
-JOURNAL = "journal"
-STASH = "cache"
-SOURCE = "source.json"
 OK, UNREADABLE = "ok", "unreadable"
+RECORD_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -48,120 +52,231 @@ class Entry:
 MANIFEST_COLUMNS = [f.name for f in fields(Entry)]
 
 
+class CacheDamaged(Exception):
+    """The features cache on disk cannot be trusted; `reason` says why, in a few words."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 def key_id(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _empty() -> tuple[list[Entry], np.ndarray]:
+    return [], np.empty((0, FEATURE_DIM), np.float32)
 
 
-def atomic_write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _pending(path: Path) -> Path:
+    return path.with_name(f".{path.name}.next")
 
+
+def _cache_files(layout: Layout) -> list[Path]:
+    # The key file goes last when moving out and comes last when moving in: while it is
+    # missing or still names the old key, a rerun repeats the move from where it stopped.
+    return [layout.features, layout.manifest, layout.record, _pending(layout.features), _pending(layout.manifest),
+            layout.journal, layout.cache_key]
+
+
+# ----------------------------------------------------------------------------- cache keys
 
 def activate_key(out_dir: Path, key: dict) -> None:
     """Make `key` the cache in `out_dir`'s top level, stashing another key's files aside."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    layout = Layout(out_dir)
+    layout.root.mkdir(parents=True, exist_ok=True)
     wanted = key_id(key)
-    current = _read_key_id(out_dir)
+    current = _read_key_id(layout)
     if current == wanted:
         return
     if current is not None:
-        _move_cache_files(out_dir, out_dir / STASH / current)
-    stashed = out_dir / STASH / wanted
+        _move_cache_files(layout, layout.root, layout.stash(current))
+    stashed = layout.stash(wanted)
     if stashed.is_dir():
-        _move_cache_files(stashed, out_dir)
+        _move_cache_files(layout, stashed, layout.root)
         stashed.rmdir()
-    atomic_write_bytes(out_dir / KEY_FILE, json.dumps(key, indent=2, sort_keys=True).encode())
+    atomic.write_text(layout.cache_key, json.dumps(key, indent=2, sort_keys=True))
 
 
-def _read_key_id(out_dir: Path) -> str | None:
-    path = out_dir / KEY_FILE
-    if not path.is_file():
+def _read_key_id(layout: Layout) -> str | None:
+    if not layout.cache_key.is_file():
         return None
     try:
-        return key_id(json.loads(path.read_text(encoding="utf-8")))
+        return key_id(json.loads(layout.cache_key.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return "unreadable-key"
 
 
-def _move_cache_files(src: Path, dst: Path) -> None:
+def _move_cache_files(layout: Layout, src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
-    for name in (FEATURES, MANIFEST, KEY_FILE, JOURNAL):
-        if (src / name).exists():
-            if (dst / name).exists():
-                shutil.rmtree(dst / name) if (dst / name).is_dir() else (dst / name).unlink()
-            os.replace(src / name, dst / name)
+    for path in _cache_files(layout):
+        source, target = src / path.name, dst / path.name
+        if source.exists():
+            if target.is_dir():
+                _remove_tree(target)
+            atomic.replace(source, target)
+
+
+def _remove_tree(folder: Path) -> None:
+    import shutil
+
+    faults.point(f"remove {folder.name}/")
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def read_key(out_dir: Path) -> dict:
-    path = out_dir / KEY_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    path = Layout(out_dir).cache_key
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
 
 
-def read_cache(out_dir: Path) -> tuple[list[Entry], np.ndarray]:
-    """Entries and features of the active key; empty when none or when inconsistent."""
-    manifest, features = out_dir / MANIFEST, out_dir / FEATURES
-    if not (manifest.is_file() and features.is_file()):
-        return [], np.empty((0, FEATURE_DIM), np.float32)
-    entries = read_manifest(manifest)
-    rows = np.load(features, allow_pickle=False)
-    if rows.ndim != 2 or rows.shape != (len(entries), FEATURE_DIM) or rows.dtype != np.float32:
-        warnings.warn(f"{features} ({rows.shape}) does not match {manifest} ({len(entries)} rows); "
-                      "ignoring the cache and extracting again")
-        return [], np.empty((0, FEATURE_DIM), np.float32)
-    return entries, rows
+# ----------------------------------------------------------------------------- reading
+
+def load_cache(out_dir: Path) -> tuple[list[Entry], np.ndarray]:
+    """Entries and features of the active key (empty when there is none yet).
+
+    Finishes a commit a crash interrupted; raises CacheDamaged when the files on disk do
+    not match their record.
+    """
+    layout = Layout(out_dir)
+    pairs = [(layout.features, "features_sha256"), (layout.manifest, "manifest_sha256")]
+    if not layout.record.is_file():
+        if layout.features.exists() or layout.manifest.exists():
+            raise CacheDamaged(f"{layout.features.name} and {layout.manifest.name} have no {layout.record.name} "
+                               "to vouch for them (an older photoclust or a damaged folder)")
+        _drop_pending(layout)
+        return _empty()
+    try:
+        record = json.loads(layout.record.read_text(encoding="utf-8"))
+        expected = {name: str(record[name]) for _, name in pairs}
+        rows = int(record["rows"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CacheDamaged(f"{layout.record.name} is unreadable") from None
+    for path, name in pairs:
+        if path.is_file() and file_sha256(path) == expected[name]:
+            continue
+        pending = _pending(path)
+        if pending.is_file() and file_sha256(pending) == expected[name]:
+            atomic.replace(pending, path)  # the commit was interrupted after its record: finish it
+            continue
+        state = "is missing" if not path.exists() else "was changed or damaged after it was written"
+        raise CacheDamaged(f"{path.name} {state} (it does not match {layout.record.name})")
+    _drop_pending(layout)
+    entries = read_manifest(layout.manifest)
+    try:
+        features = np.load(layout.features, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise CacheDamaged(f"{layout.features.name} cannot be read ({exc})") from None
+    if features.dtype != np.float32 or features.shape != (len(entries), FEATURE_DIM) or len(entries) != rows:
+        raise CacheDamaged(f"{layout.features.name} {features.shape} does not fit {layout.manifest.name} "
+                           f"({len(entries)} rows)")
+    return entries, features
+
+
+def _drop_pending(layout: Layout) -> None:
+    for path in (layout.features, layout.manifest):
+        if _pending(path).exists():
+            atomic.remove(_pending(path))  # an uncommitted write: its record never landed
 
 
 def read_manifest(path: Path) -> list[Entry]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames != MANIFEST_COLUMNS:
-            raise UserError(f"{path}: unexpected columns {reader.fieldnames}; delete the folder and extract again")
+    try:
+        header, rows = read_rows(path)
+    except (OSError, UnicodeError, ValueError) as exc:
+        raise CacheDamaged(f"{Path(path).name} cannot be read ({exc})") from None
+    if header != MANIFEST_COLUMNS:
+        raise CacheDamaged(f"{Path(path).name} has the columns {header}, not {MANIFEST_COLUMNS}")
+    try:
         return [Entry(r["path"], int(r["size"]), int(r["mtime_ns"]), r["sha1"], r["status"], r["reason"])
-                for r in reader]
+                for r in rows]
+    except (KeyError, TypeError, ValueError):
+        raise CacheDamaged(f"{Path(path).name} has a garbled row") from None
 
+
+def set_aside(out_dir: Path) -> Path | None:
+    """Move the cache files that failed their check to damaged/<time>/ (never deleted)."""
+    layout = Layout(out_dir)
+    present = [p for p in (layout.features, layout.manifest, layout.record) if p.exists()]
+    if not present:
+        return None
+    folder = layout.set_aside / time.strftime("%Y%m%d-%H%M%S")
+    n = 1
+    while folder.exists():
+        n += 1
+        folder = folder.with_name(f"{folder.name.split('.')[0]}.{n}")
+    folder.mkdir(parents=True)
+    for path in present:
+        atomic.replace(path, folder / path.name)
+    _drop_pending(layout)
+    return folder
+
+
+# ----------------------------------------------------------------------------- writing
 
 def write_cache(out_dir: Path, entries: list[Entry], features: np.ndarray) -> None:
-    # Features first: a crash between the two renames leaves a length mismatch, which
-    # read_cache detects, never a manifest that points at the wrong rows.
-    atomic_save_npy(out_dir / FEATURES, np.ascontiguousarray(features, dtype=np.float32))
-    atomic_write_csv(out_dir / MANIFEST, MANIFEST_COLUMNS, [astuple(e) for e in entries])
+    """Commit `entries` and their `features` as one unit (see the module docstring)."""
+    layout = Layout(out_dir)
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    if features.shape != (len(entries), FEATURE_DIM):
+        raise ValueError(f"{features.shape} features for {len(entries)} manifest rows")
+    atomic.save_npy(_pending(layout.features), features)
+    write_csv(_pending(layout.manifest), MANIFEST_COLUMNS, [astuple(e) for e in entries])
+    record = {"format": RECORD_FORMAT, "rows": len(entries),
+              "features_sha256": file_sha256(_pending(layout.features)),
+              "manifest_sha256": file_sha256(_pending(layout.manifest))}
+    atomic.write_text(layout.record, json.dumps(record, indent=2) + "\n")  # the commit point
+    atomic.replace(_pending(layout.features), layout.features)
+    atomic.replace(_pending(layout.manifest), layout.manifest)
 
 
-def load_embedded(out_dir: Path) -> tuple[list[str], np.ndarray, dict]:
-    """What the later stages read: paths and features of the decoded images, and the key."""
-    if not (out_dir / FEATURES).is_file():
-        raise UserError(f"no features in {out_dir}: run `python -m pipeline extract PHOTOS --out {out_dir}` "
+# ----------------------------------------------------------------------------- later stages
+
+@dataclass(frozen=True)
+class Embedded:
+    """What the stages after extraction read: the decoded photos and their features."""
+    paths: list[str]
+    features: np.ndarray
+    key: dict
+    fingerprint: str  # of these paths and rows: a clustering records it, later stages check it
+
+
+def features_fingerprint(paths: list[str], features: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    digest.update("\n".join(paths).encode("utf-8", "surrogateescape"))
+    digest.update(np.ascontiguousarray(features, dtype=np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_embedded(out_dir: Path) -> Embedded:
+    layout = Layout(out_dir)
+    if not (layout.features.exists() or layout.record.exists()):
+        raise UserError(f"no features in {out_dir}: run `photoclust extract PHOTOS --out {out_dir}` "
                         "(or `make features`) first")
-    entries, features = read_cache(out_dir)
+    try:
+        entries, features = load_cache(out_dir)
+    except CacheDamaged as exc:
+        raise UserError(f"{out_dir}: {exc.reason}; run `photoclust extract PHOTOS --out {out_dir}` to rebuild "
+                        "the features") from None
     ok = [i for i, e in enumerate(entries) if e.status == OK]
     if not ok:
-        raise UserError(f"{out_dir}/{MANIFEST} lists no decoded image; check the photo folder")
-    return [entries[i].path for i in ok], features[ok], read_key(out_dir)
+        raise UserError(f"{layout.manifest} lists no decoded image; check the photo folder (unreadable files "
+                        "and their reasons are listed in it)")
+    paths = [entries[i].path for i in ok]
+    rows = features[ok]
+    return Embedded(paths, rows, read_key(out_dir), features_fingerprint(paths, rows))
 
+
+# ----------------------------------------------------------------------------- the journal
 
 class Journal:
     """Append-only record of finished batches: one JSON line per image plus its float32 row.
@@ -171,15 +286,15 @@ class Journal:
     """
 
     def __init__(self, out_dir: Path):
-        self.dir = out_dir / JOURNAL
+        self.dir = Layout(out_dir).journal
         self.rows_path = self.dir / "rows.f32"
         self.lines_path = self.dir / "entries.jsonl"
 
     def read(self) -> tuple[list[Entry], np.ndarray]:
         if not (self.rows_path.is_file() and self.lines_path.is_file()):
-            return [], np.empty((0, FEATURE_DIM), np.float32)
+            return _empty()
         entries = []
-        for line in self.lines_path.read_text(encoding="utf-8").splitlines(keepends=True):
+        for line in self.lines_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
             if not line.endswith("\n"):
                 break  # torn last line
             try:
@@ -191,34 +306,51 @@ class Journal:
         return entries[:n], raw[: n * FEATURE_DIM].reshape(n, FEATURE_DIM).copy()
 
     def append(self, entries: list[Entry], rows: np.ndarray) -> None:
+        import os
+
         self.dir.mkdir(parents=True, exist_ok=True)
+        faults.point("append journal rows")
         with open(self.rows_path, "ab") as fh:
             fh.write(np.ascontiguousarray(rows, dtype=np.float32).tobytes())
             fh.flush()
             os.fsync(fh.fileno())
+        faults.point("append journal entries")
         with open(self.lines_path, "a", encoding="utf-8") as fh:
+            # json.dumps writes a name's undecodable bytes as \udcXX escapes: ASCII, exact round trip.
             fh.write("".join(json.dumps(e.__dict__) + "\n" for e in entries))
             fh.flush()
             os.fsync(fh.fileno())
 
     def reset(self, entries: list[Entry], rows: np.ndarray) -> None:
         """Rewrite the journal to hold exactly these records (drops a torn tail)."""
+        if not self.dir.exists():
+            return
         self.clear()
         if entries:
             self.append(entries, rows)
 
     def clear(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir.exists():
+            _remove_tree(self.dir)
 
+
+# ----------------------------------------------------------------------------- the photo folder
 
 def write_source(out_dir: Path, photos: Path) -> None:
-    atomic_write_bytes(out_dir / SOURCE, (json.dumps({"photos": str(Path(photos).resolve())}, indent=2) + "\n").encode())
+    text = json.dumps({"photos": str(Path(photos).resolve())}, indent=2) + "\n"
+    layout = Layout(out_dir)
+    try:
+        if layout.source.read_text(encoding="utf-8") == text:
+            return  # unchanged: no write (and no write point) on a rerun
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic.write_text(layout.source, text)
 
 
 def read_source(out_dir: Path) -> Path:
     """The photo folder of `out_dir`'s manifest, as recorded by the last extract."""
     try:
-        return Path(json.loads((out_dir / SOURCE).read_text(encoding="utf-8"))["photos"])
+        return Path(json.loads(Layout(out_dir).source.read_text(encoding="utf-8"))["photos"])
     except (OSError, KeyError, TypeError, json.JSONDecodeError):
-        raise UserError(f"{out_dir}/{SOURCE} is missing or unreadable: run `python -m pipeline extract PHOTOS "
+        raise UserError(f"{out_dir}/source.json is missing or unreadable: run `photoclust extract PHOTOS "
                         f"--out {out_dir}` again so the sheets know where the photos are") from None

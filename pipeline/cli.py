@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -54,33 +55,36 @@ def build_parser() -> argparse.ArgumentParser:
         "Turn a folder of photos into clusters you can look at: VGG16 embeddings, "
         "k-means under six losses, contact sheets."))
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+    waiting = argparse.ArgumentParser(add_help=False)
+    waiting.add_argument("--no-wait", action="store_true",
+                         help="if another run is using the output folder, stop at once instead of waiting")
 
-    ext = sub.add_parser("extract", help="embed every image under a folder (VGG16, 512-d), incrementally")
+    ext = sub.add_parser("extract", parents=[waiting], help="embed every image under a folder (VGG16, 512-d), incrementally")
     ext.add_argument("photos", help="folder of photos (searched recursively)")
     ext.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/<folder name>)")
     _add_config(ext)
     _add_extract_options(ext)
     ext.set_defaults(run=_run_extract)
 
-    clu = sub.add_parser("cluster", help="cluster the cached features under each configured loss (opens no image)")
+    clu = sub.add_parser("cluster", parents=[waiting], help="cluster the cached features under each configured loss (opens no image)")
     _add_out(clu)
     _add_config(clu)
     _add_cluster_options(clu)
     clu.add_argument("--force", action="store_true", help="refit even when the inputs are unchanged")
     clu.set_defaults(run=_run_cluster)
 
-    rep = sub.add_parser("represent", help="representative and ranked members of every cluster (opens no image)")
+    rep = sub.add_parser("represent", parents=[waiting], help="representative and ranked members of every cluster (opens no image)")
     _add_out(rep)
     rep.add_argument("--losses", default=None, help="comma-separated losses (default: every clustered loss)")
     rep.set_defaults(run=_run_represent)
 
-    ren = sub.add_parser("render", help="contact sheets (PNG) and index.html (opens only the photos drawn)")
+    ren = sub.add_parser("render", parents=[waiting], help="contact sheets (PNG) and index.html (opens only the photos drawn)")
     _add_out(ren)
     ren.add_argument("--losses", default=None, help="comma-separated losses (default: every clustered loss)")
     ren.add_argument("--max-per-sheet", type=int, default=None, help="members drawn per cluster sheet (default 120)")
     ren.set_defaults(run=_run_render)
 
-    run = sub.add_parser("run", help="extract, cluster, represent and render in one go")
+    run = sub.add_parser("run", parents=[waiting], help="extract, cluster, represent and render in one go")
     run.add_argument("photos", help="folder of photos (searched recursively)")
     run.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/<folder name>)")
     _add_config(run)
@@ -88,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(run, prefix="cluster-")
     run.set_defaults(run=_run_all)
 
-    swp = sub.add_parser("sweep", help="fit a range of k and suggest one (objective curve + silhouette)")
+    swp = sub.add_parser("sweep", parents=[waiting], help="fit a range of k and suggest one (objective curve + silhouette)")
     _add_out(swp)
     _add_config(swp)
     swp.add_argument("--k", dest="k_range", default=None, help="range first:last[:step] (default 2:40)")
@@ -99,13 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--param", action="append", default=[], metavar="LOSS=VALUE")
     swp.set_defaults(run=_run_sweep)
 
-    ev = sub.add_parser("evaluate", help="score every clustering against labels (folder names or a CSV)")
+    ev = sub.add_parser("evaluate", parents=[waiting], help="score every clustering against labels (folder names or a CSV)")
     _add_out(ev)
     ev.add_argument("--labels", default="folder",
                     help="folder: the first folder under the photo root (default); or a CSV with path,label")
     ev.set_defaults(run=_run_evaluate)
 
-    exp = sub.add_parser("export", help="lay a clustering out as folders of links (or copies)")
+    exp = sub.add_parser("export", parents=[waiting], help="lay a clustering out as folders of links (or copies)")
     _add_out(exp)
     exp.add_argument("--loss", required=True, help="which loss's clustering")
     exp.add_argument("--to", type=Path, required=True, help="new or empty folder (or an earlier export)")
@@ -154,6 +158,13 @@ def _load(args: argparse.Namespace, extract: bool = False, cluster: bool = False
     return load_config(args.config, extract=ext, cluster=clu)
 
 
+def _locked(args: argparse.Namespace, out: Path, create: bool = False):
+    """The output folder's lock for the whole command (see lock.py); `create` for extract and run."""
+    from .lock import output_lock
+
+    return output_lock(out, wait=not args.no_wait, create=create, log=_log)
+
+
 def _extract(args: argparse.Namespace, cfg, out: Path) -> None:
     from .extract import extract_folder
 
@@ -191,16 +202,21 @@ def _render(out: Path, losses: list[str] | None, max_per_sheet: int | None) -> N
 
 
 def _run_extract(args: argparse.Namespace) -> int:
-    _extract(args, _load(args, extract=True), _out(args))
+    cfg, out = _load(args, extract=True), _out(args)
+    with _locked(args, out, create=True):
+        _extract(args, cfg, out)
     return 0
 
 
 def _run_cluster(args: argparse.Namespace) -> int:
-    out = _out(args)
-    if _cluster(_load(args, cluster=True), out, force=args.force) and (out / "index.html").is_file():
+    cfg, out = _load(args, cluster=True), _out(args)
+    with _locked(args, out):
+        fitted = _cluster(cfg, out, force=args.force)
+    if fitted and (out / "index.html").is_file():
         from .report import write_index
 
-        write_index(out)  # the page must not show the refitted losses' old sheets
+        with _locked(args, out):
+            write_index(out)  # the page must not show the refitted losses' old sheets
         print("  refitted losses have no sheets yet: `make represent sheets` (python -m pipeline render) draws them")
     return 0
 
@@ -209,13 +225,16 @@ def _run_represent(args: argparse.Namespace) -> int:
     from .represent import represent_run
 
     out = _out(args)
-    results = represent_run(out, _losses(args.losses), log=_log)
+    with _locked(args, out):
+        results = represent_run(out, _losses(args.losses), log=_log)
     print(f"representatives of {len(results)} clustering(s) -> {out}/clusters/")
     return 0
 
 
 def _run_render(args: argparse.Namespace) -> int:
-    _render(_out(args), _losses(args.losses), args.max_per_sheet)
+    out = _out(args)
+    with _locked(args, out):
+        _render(out, _losses(args.losses), args.max_per_sheet)
     return 0
 
 
@@ -224,10 +243,11 @@ def _run_all(args: argparse.Namespace) -> int:
 
     cfg = _load(args, extract=True, cluster=True)
     out = _out(args)
-    _extract(args, cfg, out)
-    _cluster(cfg, out)
-    represent_run(out, list(cfg.cluster.losses), log=_log)
-    _render(out, list(cfg.cluster.losses), None)
+    with _locked(args, out, create=True):
+        _extract(args, cfg, out)
+        _cluster(cfg, out)
+        represent_run(out, list(cfg.cluster.losses), log=_log)
+        _render(out, list(cfg.cluster.losses), None)
     return 0
 
 
@@ -235,8 +255,9 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from .sweep import DEFAULT_K_RANGE, sweep_run
 
     out = _out(args)
-    results = sweep_run(out, _load(args, cluster=True).cluster, args.k_range or DEFAULT_K_RANGE,
-                        _losses(args.loss), log=_log)
+    cfg = _load(args, cluster=True).cluster
+    with _locked(args, out):
+        results = sweep_run(out, cfg, args.k_range or DEFAULT_K_RANGE, _losses(args.loss), log=_log)
     for r in results:
         print(f"{r.loss}: suggested k = {r.suggested} (knee {r.knee}) -> {out}/sweep/{r.loss}.png; "
               "`cluster --k auto` uses it")
@@ -248,13 +269,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .report import write_index
 
     out = _out(args)
-    result = evaluate_run(out, args.labels, log=_log)
+    with _locked(args, out):
+        result = evaluate_run(out, args.labels, log=_log)
     print(result.markdown)
     best = result.table.sort_values("nmi", ascending=False).iloc[0]
     print(f"best NMI: {best['loss']} ({best['nmi']:.3f}); {int(best['labelled'])} labelled photos in "
           f"{int(best['classes'])} classes -> {out}/evaluation.csv")
     if (out / "index.html").is_file():
-        write_index(out)
+        with _locked(args, out):
+            write_index(out)
     return 0
 
 
@@ -262,12 +285,38 @@ def _run_export(args: argparse.Namespace) -> int:
     from .export import export_clusters
     from .losses import check_loss
 
-    report = export_clusters(_out(args), check_loss(args.loss), args.to, copy=args.copy)
+    out = _out(args)
+    with _locked(args, out):
+        report = export_clusters(out, check_loss(args.loss), args.to, copy=args.copy)
     what = "copies" if args.copy else "links"
     print(f"{report.files} {what} in {report.clusters} cluster folders -> {args.to}"
           f"{f' ({report.renamed} renamed to avoid a name clash)' if report.renamed else ''}"
           f"{f'; {len(report.missing)} photos no longer exist' if report.missing else ''}")
+    if report.kept:
+        print(f"  kept {len(report.kept)} file(s) in {args.to} that an earlier export made but that have changed "
+              f"since (first: {report.kept[0]})", file=sys.stderr)
     return 0
+
+
+_ADVICE = {
+    errno.ENOSPC: "the disk is full: free some space and rerun (finished work is kept)",
+    errno.EDQUOT: "the disk quota is used up: free some space and rerun (finished work is kept)",
+    errno.EROFS: "the folder is read-only: choose a writable --out",
+    errno.EACCES: "no permission: choose a folder you can write (--out) or fix its permissions",
+    errno.EPERM: "not permitted: choose a folder you can write (--out) or fix its permissions",
+    errno.ENOTDIR: "part of this path is a file, not a folder: choose another path",
+    errno.EISDIR: "a folder stands where a file should be: move it away or choose another --out",
+    errno.ENOENT: "no such file or folder: check the path",
+    errno.ENAMETOOLONG: "the path is too long: choose a shorter --out",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error: the path, what went wrong, what to do."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    what = exc.strerror or str(exc)
+    advice = _ADVICE.get(exc.errno)
+    return f"{where}{what}" + (f"; {advice}" if advice else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"photoclust: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, read-only folder, a file where a folder should be, ...
+        print(f"photoclust: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("photoclust: interrupted; finished batches are saved, rerun the same command to resume",
               file=sys.stderr)

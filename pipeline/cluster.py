@@ -9,8 +9,8 @@ written is not recomputed.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -20,11 +20,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .cache import atomic_save_npy, atomic_write_bytes, atomic_write_csv, key_id, load_embedded
+from . import atomic, faults
+from .cache import key_id, load_embedded
 from .config import ClusterConfig
 from .errors import UserError
 from .kmeans import GeneralizedKMeans
+from .layout import Layout
 from .losses import PARAM_NAME, pointwise_loss
+from .tables import write_csv
 
 ENGINE_VERSION = 3  # bump when a change to the engine changes results, so caches refit
 ASSIGNMENT_COLUMNS = ["path", "cluster", "loss_to_center"]
@@ -51,84 +54,101 @@ def normalize_features(features: np.ndarray, mode: str) -> np.ndarray:
     return (features / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def loss_dir(out_dir: Path, loss: str) -> Path:
-    return out_dir / "clusters" / loss
-
-
-def _fingerprint(features: np.ndarray, paths: list[str], cfg: ClusterConfig, loss: str) -> str:
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(features).tobytes())
-    digest.update("\n".join(paths).encode())
+def _fingerprint(features_fingerprint: str, cfg: ClusterConfig, loss: str) -> str:
+    digest = hashlib.sha256(features_fingerprint.encode())
     settings = {"loss": loss, "k": cfg.k, "normalize": cfg.normalize, "seed": cfg.seed, "n_init": cfg.n_init,
                 "max_iter": cfg.max_iter, "param": cfg.params.get(loss), "engine": ENGINE_VERSION}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
-def _read_summary(folder: Path) -> dict | None:
+def read_summary(out_dir: Path, loss: str) -> dict | None:
     try:
-        return json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        summary = json.loads(Layout(out_dir).summary(loss).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
+    return summary if isinstance(summary, dict) else None
+
+
+def check_current(out_dir: Path, loss: str, features_fingerprint: str) -> dict:
+    """The summary of `loss`'s clustering, if it belongs to the features cached now.
+
+    Every stage after `cluster` calls this, so a clustering of other (older) features or
+    one a crash left half-written is refused, never drawn or exported as current.
+    """
+    summary = read_summary(out_dir, loss)
+    again = f"run `photoclust cluster --out {out_dir}` (or `make cluster`) first"
+    if summary is None or not Layout(out_dir).assignments(loss).is_file():
+        raise UserError(f"the {loss} clustering in {out_dir} is incomplete (an interrupted run?); {again}")
+    if summary.get("features_fingerprint") != features_fingerprint:
+        raise UserError(f"the {loss} clustering in {out_dir} was made from other features than the cached ones "
+                        f"(the photos changed since); {again}")
+    return summary
 
 
 def cluster_run(out_dir: Path, cfg: ClusterConfig, *, log: Callable[[str], None] = print,
                 force: bool = False) -> list[LossResult]:
     """Cluster the cached features of `out_dir` under every loss in `cfg.losses`."""
     out_dir = Path(out_dir)
-    paths, raw, cache_key = load_embedded(out_dir)
-    features = normalize_features(raw, cfg.normalize)
+    layout = Layout(out_dir)
+    embedded = load_embedded(out_dir)
+    paths = embedded.paths
+    features = normalize_features(embedded.features, cfg.normalize)
     base = cfg
     results = []
     for loss in cfg.losses:
-        cfg = replace(base, k=_resolve_k(out_dir, base, loss, features, log))
+        cfg = replace(base, k=_resolve_k(out_dir, base, loss, embedded.fingerprint, log))
         if cfg.k > len(paths):
             raise UserError(f"k={cfg.k} is larger than the {len(paths)} embedded images in {out_dir}; "
                             "pass a smaller --k")
-        folder = loss_dir(out_dir, loss)
-        fingerprint = _fingerprint(features, paths, cfg, loss)
-        previous = _read_summary(folder)
+        fingerprint = _fingerprint(embedded.fingerprint, cfg, loss)
+        previous = read_summary(out_dir, loss)
         if not force and previous is not None and previous.get("fingerprint") == fingerprint \
-                and (folder / "assignments.csv").is_file() and (folder / "centers.npy").is_file():
+                and layout.assignments(loss).is_file() and layout.centers(loss).is_file():
             result = LossResult(**{f: previous[f] for f in LossResult.__dataclass_fields__ if f != "reused"},
                                 reused=True)
             log(f"{loss:>19}: up to date (k={result.k}, objective {result.objective:.6g}); nothing to do")
         else:
-            result = _fit_one(features, paths, cfg, loss, folder, fingerprint, key_id(cache_key))
+            result = _fit_one(features, paths, cfg, loss, layout, fingerprint, embedded.fingerprint,
+                              key_id(embedded.key))
             log(f"{loss:>19}: k={result.k} objective {result.objective:.6g} in {result.iterations} iterations, "
                 f"{result.seconds:.2f} s{_describe_params(result.params)}; sizes {result.sizes}")
         results.append(result)
     return results
 
 
-def _resolve_k(out_dir: Path, cfg: ClusterConfig, loss: str, features: np.ndarray,
+def _resolve_k(out_dir: Path, cfg: ClusterConfig, loss: str, features_fingerprint: str,
                log: Callable[[str], None]) -> int:
     """k as configured, or for "auto" the k a sweep suggested (running the sweep if none did)."""
     if cfg.k != "auto":
         return cfg.k
     from .sweep import DEFAULT_K_RANGE, sweep_run, suggested_k
 
-    k = suggested_k(out_dir, loss)
+    k = suggested_k(out_dir, loss, features_fingerprint)
     if k is None:
         log(f"{loss:>19}: k=auto and no sweep yet: sweeping k over {DEFAULT_K_RANGE}")
         k = sweep_run(out_dir, cfg, DEFAULT_K_RANGE, [loss], log=log)[0].suggested
     return k
 
 
-def _drop_derived(out_dir: Path, loss: str) -> None:
-    """A refit makes the later stages' files of this loss stale: remove them, so no page or
-    sheet shows the old clusters (`represent` and `render` make them again)."""
-    (out_dir / "clusters" / loss / "representatives.csv").unlink(missing_ok=True)
-    (out_dir / "sheets" / f"representatives_{loss}.png").unlink(missing_ok=True)
-    shutil.rmtree(out_dir / "sheets" / loss, ignore_errors=True)
+def _drop_previous(layout: Layout, loss: str) -> None:
+    """A refit makes this loss's files stale: the summary goes first (without it the folder
+    counts as incomplete, so a crash mid-refit is never taken for a finished clustering),
+    then the later stages' files, so no page or sheet shows the old clusters."""
+    for path in (layout.summary(loss), layout.representatives(loss), layout.representatives_sheet(loss)):
+        if path.exists():
+            atomic.remove(path)
+    if layout.cluster_sheets(loss).exists():
+        faults.point(f"remove sheets/{loss}/")
+        shutil.rmtree(layout.cluster_sheets(loss), ignore_errors=True)
 
 
 def _describe_params(params: dict) -> str:
     return "".join(f", {name}={value:.4g}" for name, value in params.items())
 
 
-def _fit_one(features: np.ndarray, paths: list[str], cfg: ClusterConfig, loss: str, folder: Path,
-             fingerprint: str, features_key: str) -> LossResult:
+def _fit_one(features: np.ndarray, paths: list[str], cfg: ClusterConfig, loss: str, layout: Layout,
+             fingerprint: str, features_fingerprint: str, features_key: str) -> LossResult:
     param = cfg.params.get(loss, "auto") if loss in PARAM_NAME else None
     started = time.perf_counter()
     try:
@@ -156,16 +176,16 @@ def _fit_one(features: np.ndarray, paths: list[str], cfg: ClusterConfig, loss: s
                         objective=float(model.objective_), iterations=int(model.n_iter_),
                         converged=bool(model.converged_), seconds=round(seconds, 4), sizes=sizes)
 
-    folder.mkdir(parents=True, exist_ok=True)
-    _drop_derived(folder.parent.parent, loss)
-    atomic_write_csv(folder / "assignments.csv", ASSIGNMENT_COLUMNS,
-                     [(p, int(c), f"{v:.9g}") for p, c, v in zip(paths, labels, per_point)])
-    atomic_save_npy(folder / "centers.npy", centers.astype(np.float32))
+    _drop_previous(layout, loss)
+    write_csv(layout.assignments(loss), ASSIGNMENT_COLUMNS,
+              [(p, int(c), float(f"{v:.9g}")) for p, c, v in zip(paths, labels, per_point)])
+    atomic.save_npy(layout.centers(loss), centers.astype(np.float32))
     summary = {**asdict(result), "seed": cfg.seed, "n_init": cfg.n_init, "max_iter": cfg.max_iter,
                "normalize": cfg.normalize, "n_images": len(paths), "param_setting": param,
-               "features_cache_key": features_key, "fingerprint": fingerprint,
+               "features_cache_key": features_key, "features_fingerprint": features_fingerprint,
+               "fingerprint": fingerprint,
                "device": str(model.device_) if hasattr(model, "device_") else cfg.device}
     summary.pop("reused")
     # Written last: its fingerprint vouches for the two files above.
-    atomic_write_bytes(folder / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic.write_text(layout.summary(loss), json.dumps(summary, indent=2) + "\n")
     return result

@@ -16,10 +16,13 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import metrics
-from .cache import atomic_write_bytes
+from . import atomic, metrics
+from .cache import load_embedded, read_source
+from .cluster import check_current
 from .errors import UserError
+from .layout import Layout
 from .represent import clustered_losses, read_assignments
+from .tables import write_frame
 
 METRIC_COLUMNS = ["loss", "k", "labelled", "unlabelled", "classes", "nmi", "ari", "accuracy", "purity"]
 
@@ -36,15 +39,28 @@ def folder_labels(paths: list[str]) -> list[str | None]:
     return [p.split("/", 1)[0] if "/" in p else None for p in paths]
 
 
-def csv_labels(csv_path: Path) -> dict[str, str]:
-    """path -> label from a CSV with columns path,label."""
+def csv_labels(csv_path: Path, photo_root: Path | None = None) -> dict[str, str]:
+    """path -> label from a CSV with columns path,label.
+
+    Paths are relative to the photo folder, as in manifest.csv; an absolute path, or one
+    relative to the CSV's own folder that leads into the photo folder, is accepted too.
+    """
     try:
         frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"--labels {csv_path}: cannot read it as CSV ({exc})") from None
     if not {"path", "label"} <= set(frame.columns):
         raise UserError(f"--labels {csv_path}: needs the columns path,label (found {', '.join(frame.columns)})")
-    return dict(zip(frame["path"], frame["label"]))
+    return {_photo_relative(p, Path(csv_path).parent, photo_root): label for p, label in zip(frame["path"], frame["label"])}
+
+
+def _photo_relative(path: str, csv_dir: Path, photo_root: Path | None) -> str:
+    if photo_root is None or not (Path(path).is_absolute() or path.startswith(("../", "./"))):
+        return path
+    try:
+        return (csv_dir / path).resolve().relative_to(photo_root.resolve()).as_posix()
+    except ValueError:
+        return path  # outside the photo folder: matches no photo, counted as unlabelled
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -71,27 +87,34 @@ def confusion_figure(table: np.ndarray, classes, clusters, title: str, path: Pat
     for (i, j), value in np.ndenumerate(table):
         ax.text(j, i, str(value), ha="center", va="center", fontsize=8, color="white" if value > high else "black")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic.write_with(path, lambda fh: fig.savefig(fh, format="png"))
     plt.close(fig)
 
 
 def evaluate_run(out_dir: Path, labels: str | Path | None = None, *,
                  log: Callable[[str], None] = print) -> Evaluation:
     out_dir = Path(out_dir)
+    layout = Layout(out_dir)
     losses = clustered_losses(out_dir)
     if not losses:
         raise UserError(f"no clusterings in {out_dir}/clusters: run `python -m pipeline cluster --out {out_dir}` first")
-    lookup = None if labels in (None, "folder") else csv_labels(Path(labels))
+    fingerprint = load_embedded(out_dir).fingerprint
+    lookup = None if labels in (None, "folder") else csv_labels(Path(labels), read_source(out_dir))
     rows, labelings = [], {}
     for loss in losses:
+        check_current(out_dir, loss, fingerprint)
         frame = read_assignments(out_dir, loss)
         paths = frame["path"].tolist()
         truth = folder_labels(paths) if lookup is None else [lookup.get(p) or None for p in paths]
         keep = np.array([t is not None for t in truth])
-        if not keep.any():
+        if not keep.any() and lookup is None:
             raise UserError(f"no labels for the photos of {out_dir}: they are not in subfolders of the photo folder; "
                             "pass --labels labels.csv with columns path,label")
+        if not keep.any():
+            example = next(iter(lookup), "")
+            raise UserError(f"--labels {labels}: none of its {len(lookup)} paths names a photo of {out_dir} (first: "
+                            f"{example!r}); write paths relative to the photo folder {read_source(out_dir)}, "
+                            f"like {paths[0]!r} (as in manifest.csv)")
         t = np.array([x for x in truth if x is not None])
         p = frame["cluster"].to_numpy()[keep]
         labelings[loss] = pd.Series(frame["cluster"].to_numpy(), index=paths)
@@ -100,16 +123,15 @@ def evaluate_run(out_dir: Path, labels: str | Path | None = None, *,
                      "ari": metrics.ari(t, p), "accuracy": metrics.accuracy(t, p), "purity": metrics.purity(t, p)})
         counts, classes, clusters = metrics.contingency(t, p)
         confusion_figure(counts, classes, clusters, f"{loss}: NMI {rows[-1]['nmi']:.3f}",
-                         out_dir / "evaluation" / f"confusion_{loss}.png")
+                         layout.confusion(loss))
     table = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     agreement = pd.DataFrame(index=losses, columns=losses, dtype=float)
     for a in losses:
         for b in losses:
             common = labelings[a].index.intersection(labelings[b].index)
             agreement.loc[a, b] = metrics.ari(labelings[a][common].to_numpy(), labelings[b][common].to_numpy())
-    atomic_write_bytes(out_dir / "evaluation.csv", table.to_csv(index=False, float_format="%.6f").encode())
-    atomic_write_bytes(out_dir / "evaluation_agreement.csv",
-                       agreement.to_csv(index_label="loss", float_format="%.6f").encode())
+    write_frame(layout.evaluation, table, float_format="%.6f")
+    write_frame(layout.agreement, agreement.astype(float).rename_axis("loss").reset_index(), float_format="%.6f")
     if table["classes"].min() < 2:
         log("warning: fewer than two labels among the photos: the scores say little")
     return Evaluation(table, agreement, markdown_table(table))

@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from .cache import (FEATURE_DIM, OK, UNREADABLE, Entry, Journal, activate_key, key_id, read_cache, write_cache,
-                    write_source)
+from .cache import (FEATURE_DIM, OK, UNREADABLE, CacheDamaged, Entry, Journal, activate_key, key_id, load_cache,
+                    set_aside, write_cache, write_source)
 from .config import ExtractConfig
 from .errors import UserError
 from .images import IMAGE_EXTENSIONS, UnreadableImage, find_images, open_rgb
@@ -152,7 +152,8 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
     report = ExtractReport(weights_id=weights.id, device=str(device), cache_key_id=key_id(key))
 
     current = [(p, p.relative_to(root).as_posix()) for p in files]
-    known = _known_records(out_dir)
+    committed_entries, committed_rows = _committed_cache(out_dir, log)
+    known = {e.path: (e, committed_rows[i]) for i, e in enumerate(committed_entries)}
     journal = Journal(out_dir)
     journal_entries, journal_rows = journal.read()
     journal.reset(journal_entries, journal_rows)  # drop a torn tail before appending to it
@@ -179,6 +180,7 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
         log(f"decoding {len(todo)} new or changed image(s) of {len(current)} with {weights.id} on {device}")
         for entries, rows in _embed(todo, weights, cfg, device, half, progress):
             journal.append(entries, rows)
+            journal_entries.extend(entries)
             for e, row in zip(entries, rows):
                 results[e.path] = (e, row)
             report.decoded += len(entries)
@@ -188,7 +190,9 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
     ordered = [results[rel] for _, rel in current]
     entries = [e for e, _ in ordered]
     features = np.stack([row for _, row in ordered]).astype(np.float32, copy=False)
-    if todo or report.dropped or not (out_dir / "features.npy").is_file():
+    # Rows taken from the journal (this run's or a killed run's) reach the committed cache
+    # before the journal goes; an unchanged folder writes nothing.
+    if journal_entries or entries != committed_entries:
         write_cache(out_dir, entries, features)
     write_source(out_dir, root)
     journal.clear()
@@ -204,9 +208,15 @@ def _nan_row() -> np.ndarray:
     return np.full(FEATURE_DIM, np.nan, dtype=np.float32)
 
 
-def _known_records(out_dir: Path) -> dict[str, tuple[Entry, np.ndarray]]:
-    entries, rows = read_cache(out_dir)
-    return {e.path: (e, rows[i]) for i, e in enumerate(entries)}
+def _committed_cache(out_dir: Path, log: Callable[[str], None]) -> tuple[list[Entry], np.ndarray]:
+    """The cache as last committed; a damaged one is set aside (never deleted) and rebuilt."""
+    try:
+        return load_cache(out_dir)
+    except CacheDamaged as exc:
+        where = set_aside(out_dir)
+        log(f"the features cache cannot be trusted: {exc.reason}; "
+            f"{f'set aside in {where}, ' if where else ''}extracting again")
+        return [], np.empty((0, FEATURE_DIM), np.float32)
 
 
 def _embed(todo, weights: Weights, cfg: ExtractConfig, device: torch.device, half, progress):

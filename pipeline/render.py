@@ -11,7 +11,9 @@ thumbnail cache is keyed by the file's SHA-1 from the manifest).
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +23,11 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from .cache import OK, read_manifest, read_source
+from . import atomic
+from .cache import OK, load_embedded, read_manifest, read_source
+from .cluster import check_current
 from .images import UnreadableImage, thumbnail
+from .layout import Layout
 from .represent import clustered_losses, read_assignments, represent_run
 
 THUMB_PX = 160
@@ -117,6 +122,10 @@ def grid(cells: list[Image.Image], columns: int, title: str, face: ImageFont.Ima
 
 # ----------------------------------------------------------------------------- thumbnails (I/O)
 
+def _path_hash(path: str) -> str:
+    return hashlib.sha1(path.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 class Thumbnails:
     """Thumbnails of the photos under `root`, cached in `cache_dir` by content hash."""
 
@@ -126,44 +135,56 @@ class Thumbnails:
         self.report = RenderReport()
 
     def _cache_path(self, path: str) -> Path:
-        return self.cache_dir / f"{self.sha1_of.get(path, 'nohash')}_{self.size}.jpg"
+        sha1 = self.sha1_of.get(path)
+        # Without a hash (not in the manifest) a file gets a thumbnail of its own, never another's.
+        return self.cache_dir / (f"{sha1}_{self.size}.jpg" if sha1 else f"path-{_path_hash(path)}_{self.size}.jpg")
 
-    def _load(self, path: str) -> tuple[str, Image.Image | None, str, bool]:
-        cached = self._cache_path(path)
+    def _load(self, paths: list[str]) -> tuple[Image.Image | None, str, bool]:
+        """The thumbnail shared by `paths` (copies of one content): cached, or made from the
+        first copy that can be read."""
+        cached = self._cache_path(paths[0])
         if cached.is_file():
             try:
                 with Image.open(cached) as im:
-                    return path, im.convert("RGB"), "", False
+                    return im.convert("RGB"), "", False
             except OSError:
                 pass  # a damaged cache file is simply made again
-        try:
-            im = thumbnail(self.root / path, self.size)
-        except UnreadableImage as exc:
-            return path, None, exc.reason, False
-        tmp = cached.with_name(f".{cached.name}.tmp{os.getpid()}")
-        im.save(tmp, "JPEG", quality=88)
-        os.replace(tmp, cached)
-        return path, im, "", True
+        reason = ""
+        for path in paths:
+            try:
+                im = thumbnail(self.root / path, self.size)
+            except UnreadableImage as exc:
+                reason = exc.reason
+                continue
+            atomic.write_with(cached, lambda fh: im.save(fh, "JPEG", quality=88))
+            return im, "", True
+        return None, reason, False
 
     def prepare(self, paths: list[str], progress: bool | None = None) -> None:
-        """Load (or make) the thumbnails of `paths`, a few at a time: decoding releases the GIL."""
+        """Load (or make) the thumbnails of `paths`, a few at a time: decoding releases the GIL.
+        Identical files (the same SHA-1) share one thumbnail, made once."""
         todo = [p for p in dict.fromkeys(paths) if p not in self.images]
         if not todo:
             return
+        by_content: dict[Path, list[str]] = defaultdict(list)
+        for path in todo:
+            by_content[self._cache_path(path)].append(path)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         workers = max(1, min(8, os.cpu_count() or 2))
         with ThreadPoolExecutor(workers) as pool, \
                 tqdm(total=len(todo), unit="img", desc="thumbnails", disable=None if progress is None else not progress,
                      dynamic_ncols=True) as bar:
-            for path, image, reason, made in pool.map(self._load, todo):
-                self.images[path] = image
-                if image is None:
-                    self.report.missing.append((path, reason))
-                elif made:
-                    self.report.thumbnails_made += 1
-                else:
-                    self.report.thumbnails_cached += 1
-                bar.update(1)
+            groups = list(by_content.values())
+            for group, (image, reason, made) in zip(groups, pool.map(self._load, groups)):
+                for path in group:
+                    self.images[path] = image
+                    if image is None:
+                        self.report.missing.append((path, reason))
+                    elif made and path == group[0]:
+                        self.report.thumbnails_made += 1
+                    else:
+                        self.report.thumbnails_cached += 1
+                bar.update(len(group))
 
     def __getitem__(self, path: str) -> Image.Image | None:
         return self.images.get(path)
@@ -172,35 +193,31 @@ class Thumbnails:
 # ----------------------------------------------------------------------------- the stage
 
 def _save(sheet: Image.Image, path: Path, report: RenderReport) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    sheet.save(tmp, "PNG", optimize=False)
-    os.replace(tmp, path)
+    atomic.write_with(path, lambda fh: sheet.save(fh, "PNG", optimize=False))
     report.sheets.append(path)
-
-
-def cluster_sheet_name(loss: str, cluster: int) -> str:
-    return f"sheets/{loss}/cluster_{cluster}.png"
 
 
 def render_run(out_dir: Path, losses: list[str] | None = None, *, max_per_sheet: int = MAX_PER_SHEET,
                log: Callable[[str], None] = print, progress: bool | None = None) -> RenderReport:
     """Draw every sheet of `out_dir` (after `represent`)."""
     out_dir = Path(out_dir)
+    layout = Layout(out_dir)
     chosen = losses or clustered_losses(out_dir)
     if not chosen:
         represent_run(out_dir, log=log)  # raises the "run cluster first" message
+    fingerprint = load_embedded(out_dir).fingerprint  # checks the cache; the manifest below is the checked one
     frames: dict[str, pd.DataFrame] = {}
     for loss in chosen:
+        check_current(out_dir, loss, fingerprint)
         frame = read_assignments(out_dir, loss)
-        if "rank" not in frame.columns:  # represent was not run after the last cluster
-            represent_run(out_dir, [loss], log=lambda m: None)
+        if "rank" not in frame.columns or not layout.representatives(loss).is_file():
+            represent_run(out_dir, [loss], log=lambda m: None)  # represent did not run after the last cluster
             frame = read_assignments(out_dir, loss)
         frames[loss] = frame
 
-    manifest = read_manifest(out_dir / "manifest.csv")
+    manifest = read_manifest(layout.manifest)
     sha1_of = {e.path: e.sha1 for e in manifest if e.status == OK}
-    thumbs = Thumbnails(read_source(out_dir), out_dir / "thumbs", sha1_of)
+    thumbs = Thumbnails(read_source(out_dir), layout.thumbs, sha1_of)
     drawn = set()
     for frame in frames.values():
         drawn.update(frame.loc[frame["rank"] < max_per_sheet, "path"])
@@ -226,10 +243,10 @@ def render_run(out_dir: Path, losses: list[str] | None = None, *, max_per_sheet:
                 notes.append(f"showing the nearest {len(shown)} of {len(members)}: "
                              f"{len(members) - len(shown)} more are listed in clusters/{loss}/assignments.csv")
             _save(grid(member_cells, COLUMNS, f"{loss} · cluster {cluster}", face, notes),
-                  out_dir / cluster_sheet_name(loss, int(cluster)), report)
+                  layout.cluster_sheet(loss, int(cluster)), report)
         _save(grid(cells, COLUMNS, f"{loss}: one representative per cluster", face,
                    [f"{len(groups)} clusters of {len(frame)} photos; the member nearest its center under {loss}"]),
-              out_dir / "sheets" / f"representatives_{loss}.png", report)
+              layout.representatives_sheet(loss), report)
         rep_cells[loss] = [(len(m), int(c), cells[i]) for i, (c, m) in enumerate(groups)]
 
     if rep_cells:
@@ -241,7 +258,7 @@ def render_run(out_dir: Path, losses: list[str] | None = None, *, max_per_sheet:
             cells.extend(by_size + [blank] * (width - len(by_size)))
         _save(grid(cells, width, "Representatives under each loss", face,
                    ["rows: losses; columns: that loss's clusters, largest first"], row_labels=list(rep_cells)),
-              out_dir / "sheets" / "losses.png", report)
-    log(f"{len(report.sheets)} sheets -> {out_dir / 'sheets'} ({report.thumbnails_made} thumbnails made, "
+              layout.losses_sheet, report)
+    log(f"{len(report.sheets)} sheets -> {layout.sheets} ({report.thumbnails_made} thumbnails made, "
         f"{report.thumbnails_cached} from cache{f', {len(report.missing)} photos not available' if report.missing else ''})")
     return report

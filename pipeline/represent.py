@@ -15,9 +15,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .cache import atomic_write_bytes
+from .cache import load_embedded
+from .cluster import check_current
 from .errors import UserError
+from .layout import Layout
 from .losses import LOSS_NAMES
+from .tables import read_frame, write_frame
 
 OUTLIERS_PER_CLUSTER = 3
 REPRESENTATIVE_COLUMNS = ["cluster", "size", "representative", "representative_loss", "median_loss",
@@ -58,14 +61,15 @@ class Representation:
 
 def clustered_losses(out_dir: Path) -> list[str]:
     """Losses (in the canonical order) that have a clustering in `out_dir`."""
-    return [loss for loss in LOSS_NAMES if (out_dir / "clusters" / loss / "assignments.csv").is_file()]
+    layout = Layout(out_dir)
+    return [loss for loss in LOSS_NAMES if layout.assignments(loss).is_file() or layout.summary(loss).is_file()]
 
 
 def read_assignments(out_dir: Path, loss: str) -> pd.DataFrame:
-    path = out_dir / "clusters" / loss / "assignments.csv"
+    path = Layout(out_dir).assignments(loss)
     try:
-        frame = pd.read_csv(path, keep_default_na=False, dtype={"path": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        frame = read_frame(path, text_columns=["path"])
+    except (OSError, UnicodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise UserError(f"{path}: cannot read it ({exc}); run `python -m pipeline cluster --out {out_dir}` again") \
             from None
     if not {"path", "cluster", "loss_to_center"} <= set(frame.columns):
@@ -86,17 +90,19 @@ def represent_run(out_dir: Path, losses: list[str] | None = None, *,
     if missing:
         raise UserError(f"no clustering for {', '.join(missing)} in {out_dir}/clusters; cluster with "
                         f"--losses {','.join(missing)} first")
+    fingerprint = load_embedded(out_dir).fingerprint
+    layout = Layout(out_dir)
     results = []
     for loss in chosen:
+        check_current(out_dir, loss, fingerprint)
         frame = read_assignments(out_dir, loss)
         labels = frame["cluster"].to_numpy(np.int64)
         ranks = rank_members(labels, frame["loss_to_center"].to_numpy(np.float64))
         frame["rank"] = ranks
         frame["is_representative"] = (ranks == 0).astype(int)
         clusters = summarize_clusters(frame["path"].tolist(), labels, frame["loss_to_center"].to_numpy(), ranks)
-        folder = out_dir / "clusters" / loss
-        atomic_write_bytes(folder / "assignments.csv", frame.to_csv(index=False).encode())
-        atomic_write_bytes(folder / "representatives.csv", clusters.to_csv(index=False).encode())
-        log(f"{loss:>19}: {len(clusters)} representatives -> {folder / 'representatives.csv'}")
+        write_frame(layout.assignments(loss), frame)
+        write_frame(layout.representatives(loss), clusters)
+        log(f"{loss:>19}: {len(clusters)} representatives -> {layout.representatives(loss)}")
         results.append(Representation(loss, clusters))
     return results

@@ -32,7 +32,10 @@ import pandas as pd
 import torch
 
 from . import losses as L
-from .cache import atomic_write_bytes, load_embedded
+from . import atomic
+from .cache import load_embedded
+from .layout import Layout
+from .tables import write_frame
 from .cluster import normalize_features
 from .config import ClusterConfig
 from .errors import UserError
@@ -161,8 +164,7 @@ def plot(result: SweepResult, path: Path) -> None:
         ax.axvline(result.knee, color="grey", lw=1, ls=":")
     ax.set_title(f"{result.loss}: objective and silhouette by k (knee {result.knee})", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic.write_with(path, lambda fh: fig.savefig(fh, format="png"))
     plt.close(fig)
 
 
@@ -170,33 +172,36 @@ def sweep_run(out_dir: Path, cfg: ClusterConfig, k_range: str, losses: list[str]
               log: Callable[[str], None] = print) -> list[SweepResult]:
     """Sweep k for each loss (default: square) on the cached features; writes sweep/<loss>.*"""
     out_dir = Path(out_dir)
-    paths, raw, _ = load_embedded(out_dir)
-    X = normalize_features(raw, cfg.normalize)
+    layout = Layout(out_dir)
+    embedded = load_embedded(out_dir)
+    paths = embedded.paths
+    X = normalize_features(embedded.features, cfg.normalize)
     ks = parse_k_range(k_range, len(paths))
     results = []
     for loss in losses or ["square"]:
         L.check_loss(loss)
         result = sweep_features(X, ks, loss, cfg, log=log)
-        folder = out_dir / "sweep"
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(folder / f"{loss}.csv", result.table.to_csv(index=False).encode())
-        plot(result, folder / f"{loss}.png")
+        write_frame(layout.sweep_file(loss, ".csv"), result.table)
+        plot(result, layout.sweep_file(loss, ".png"))
         meta = {"loss": loss, "k_range": k_range, "knee": result.knee, "suggested_k": result.suggested,
                 "rule": "knee of the normalised objective curve (farthest below the chord), then the highest "
                         f"silhouette among k <= knee + {KNEE_WINDOW}",
                 "param": result.param, "normalize": cfg.normalize, "seed": cfg.seed, "n_init": cfg.n_init,
-                "silhouette_sample": result.silhouette_sample, "n_images": len(paths)}
-        atomic_write_bytes(folder / f"{loss}.json", (json.dumps(meta, indent=2) + "\n").encode())
-        log(f"{loss:>19}: knee at k={result.knee}, suggested k={result.suggested} -> {folder / (loss + '.png')}")
+                "silhouette_sample": result.silhouette_sample, "n_images": len(paths),
+                "features_fingerprint": embedded.fingerprint}
+        atomic.write_text(layout.sweep_file(loss, ".json"), json.dumps(meta, indent=2) + "\n")
+        log(f"{loss:>19}: knee at k={result.knee}, suggested k={result.suggested} -> {layout.sweep_file(loss, '.png')}")
         results.append(result)
     return results
 
 
-def suggested_k(out_dir: Path, loss: str) -> int | None:
-    """The k a previous sweep suggested for `loss` (falling back to square's), if any."""
+def suggested_k(out_dir: Path, loss: str, features_fingerprint: str) -> int | None:
+    """The k a sweep of the current features suggested for `loss` (else square's), if any."""
     for name in (loss, "square"):
         try:
-            return int(json.loads((Path(out_dir) / "sweep" / f"{name}.json").read_text())["suggested_k"])
-        except (OSError, KeyError, ValueError, json.JSONDecodeError):
+            meta = json.loads(Layout(out_dir).sweep_file(name, ".json").read_text(encoding="utf-8"))
+            if meta.get("features_fingerprint") == features_fingerprint:  # a sweep of other photos says nothing
+                return int(meta["suggested_k"])
+        except (OSError, KeyError, ValueError, TypeError, AttributeError):
             continue
     return None

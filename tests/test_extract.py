@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.cache import read_cache
+from pipeline.cache import load_cache
 from pipeline.cli import main
 from pipeline.config import ExtractConfig
 from pipeline.extract import extract_folder, to_network_pixels
@@ -64,7 +64,7 @@ def test_features_are_the_model_output_on_the_preprocessed_image(tmp_path):
     assert pixels.shape == (3, 224, 224) and pixels.dtype == torch.uint8
     with torch.inference_mode():
         expected = model(weights.preprocess.normalize(pixels[None])).mean(dim=(2, 3))[0].numpy()
-    entries, features = read_cache(out)
+    entries, features = load_cache(out)
     row = [e.path for e in entries].index(paths[1].relative_to(photos).as_posix())
     np.testing.assert_allclose(features[row], expected, rtol=1e-4, atol=1e-5)
 
@@ -155,7 +155,7 @@ def test_torn_journal_tail_is_discarded(tmp_path):
     run(photos, out, cfg)
     # Simulate a crash mid-append: a half row and a half line after one good batch.
     from pipeline.cache import Journal
-    entries, rows = read_cache(out)
+    entries, rows = load_cache(out)
     (out / "features.npy").unlink()
     (out / "manifest.csv").unlink()
     journal = Journal(out)
@@ -166,7 +166,7 @@ def test_torn_journal_tail_is_discarded(tmp_path):
         fh.write('{"path": "a/img_01.jpg", "si')
     resumed = run(photos, out, cfg)
     assert (resumed.decoded, resumed.reused) == (2, 2)
-    np.testing.assert_array_equal(read_cache(out)[1][:2], rows[:2])
+    np.testing.assert_array_equal(load_cache(out)[1][:2], rows[:2])
 
 
 def test_cli_reports_user_mistakes_in_one_line(tmp_path, capsys):

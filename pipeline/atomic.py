@@ -1,0 +1,109 @@
+"""The one way photoclust writes a file: all of it or none of it.
+
+Every write goes to a temporary file with a unique name in the target's own folder, is
+flushed and fsynced, then renamed over the target (atomic on POSIX), and the folder is
+fsynced so the rename survives a power cut. Any exception (disk full, read-only folder,
+Ctrl-C) removes the temporary file and leaves the previous version of the target as it
+was. A process killed outright cannot clean up: its temporary files carry TEMP_SUFFIX,
+and `remove_stale_temporaries` clears them under the output folder's lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from . import faults
+
+TEMP_SUFFIX = ".photoclust-tmp"
+
+
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # some filesystems do not open folders; the rename itself is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "wb", **open_args: Any) -> Iterator[IO]:
+    """`with atomic_open(p, "w", encoding="utf-8") as fh:` writes p only if the block ends normally."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:80]}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **open_args) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        faults.point(f"rename {path.name}")
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename in (None, tmp):  # name the file the user knows
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
+    fsync_dir(path.parent)
+    faults.point(f"written {path.name}")
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def write_text(path: Path, text: str) -> None:
+    # surrogateescape: a file name with bytes that are not UTF-8 is written back byte for byte.
+    with atomic_open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
+        fh.write(text)
+
+
+def write_with(path: Path, save: Callable[[IO], None]) -> None:
+    """Atomic write through a library's own saver: `write_with(p, lambda fh: image.save(fh, "PNG"))`."""
+    with atomic_open(path, "wb") as fh:
+        save(fh)
+
+
+def save_npy(path: Path, array) -> None:
+    import numpy as np
+
+    write_with(path, lambda fh: np.save(fh, array, allow_pickle=False))
+
+
+def replace(src: Path, dst: Path) -> None:
+    """A rename that is itself a write point (the commit steps of the features cache)."""
+    faults.point(f"rename {Path(src).name} -> {Path(dst).name}")
+    os.replace(src, dst)
+    fsync_dir(Path(dst).parent)
+
+
+def remove(path: Path) -> None:
+    """Delete one file we own (never a photo), as a write point."""
+    faults.point(f"remove {Path(path).name}")
+    Path(path).unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the temporary files that killed runs left under `folder`; returns how many.
+
+    Only called while holding the folder's lock, so no live writer owns them.
+    """
+    removed = 0
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            if name.endswith(TEMP_SUFFIX):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    return removed

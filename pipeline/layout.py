@@ -1,0 +1,134 @@
+"""Where everything lives in an output folder: the one place that knows its paths.
+
+  .photoclust-output   marks the folder as ours (finding photos never descends into it)
+  .photoclust.lock     the advisory lock every stage holds while it works
+  features.npy, manifest.csv, features.json (the record that vouches for both), cache_key.json,
+  journal/, cache/<key id>/, source.json                      stage 1, see cache.py
+  clusters/<loss>/{assignments.csv, centers.npy, summary.json, representatives.csv}  stages 2, 3
+  thumbs/, sheets/, index.html                                 stage 4
+  sweep/<loss>.{csv,png,json}, evaluation.csv, evaluation_agreement.csv, evaluation/
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+OUTPUT_MARKER = ".photoclust-output"
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    # stage 1: the features cache
+    @property
+    def marker(self) -> Path:
+        return self.root / OUTPUT_MARKER
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".photoclust.lock"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features.npy"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.csv"
+
+    @property
+    def record(self) -> Path:
+        return self.root / "features.json"
+
+    @property
+    def cache_key(self) -> Path:
+        return self.root / "cache_key.json"
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "journal"
+
+    def stash(self, key_id: str) -> Path:
+        return self.root / "cache" / key_id
+
+    @property
+    def set_aside(self) -> Path:
+        return self.root / "damaged"
+
+    @property
+    def source(self) -> Path:
+        return self.root / "source.json"
+
+    # stages 2 and 3
+    @property
+    def clusters(self) -> Path:
+        return self.root / "clusters"
+
+    def loss_dir(self, loss: str) -> Path:
+        return self.clusters / loss
+
+    def assignments(self, loss: str) -> Path:
+        return self.loss_dir(loss) / "assignments.csv"
+
+    def centers(self, loss: str) -> Path:
+        return self.loss_dir(loss) / "centers.npy"
+
+    def summary(self, loss: str) -> Path:
+        return self.loss_dir(loss) / "summary.json"
+
+    def representatives(self, loss: str) -> Path:
+        return self.loss_dir(loss) / "representatives.csv"
+
+    # stage 4
+    @property
+    def thumbs(self) -> Path:
+        return self.root / "thumbs"
+
+    @property
+    def sheets(self) -> Path:
+        return self.root / "sheets"
+
+    def representatives_sheet(self, loss: str) -> Path:
+        return self.sheets / f"representatives_{loss}.png"
+
+    def cluster_sheets(self, loss: str) -> Path:
+        return self.sheets / loss
+
+    def cluster_sheet(self, loss: str, cluster: int) -> Path:
+        return self.cluster_sheets(loss) / f"cluster_{cluster}.png"
+
+    @property
+    def losses_sheet(self) -> Path:
+        return self.sheets / "losses.png"
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index.html"
+
+    # around the flow
+    @property
+    def sweep_dir(self) -> Path:
+        return self.root / "sweep"
+
+    def sweep_file(self, loss: str, suffix: str) -> Path:
+        return self.sweep_dir / f"{loss}{suffix}"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation.csv"
+
+    @property
+    def agreement(self) -> Path:
+        return self.root / "evaluation_agreement.csv"
+
+    def confusion(self, loss: str) -> Path:
+        return self.root / "evaluation" / f"confusion_{loss}.png"
+
+    def relative(self, path: Path) -> str:
+        """`path` as a POSIX path relative to the output folder (for links in index.html)."""
+        return Path(path).relative_to(self.root).as_posix()

@@ -1,0 +1,65 @@
+"""One run at a time per output folder: an advisory lock (fcntl.flock) on .photoclust.lock.
+
+A second run on the same folder waits, saying so, or with `wait=False` (`--no-wait`) stops
+at once with one line. The lock is re-entrant inside a process (`run` holds it across its
+stages) and the kernel drops it when the process dies, so a killed run never leaves the
+folder locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .atomic import remove_stale_temporaries, write_text
+from .errors import UserError
+from .layout import Layout
+
+_held: dict[str, tuple[int, int]] = {}  # real path of the lock file -> (fd, depth)
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path, *, wait: bool = True, create: bool = True, marker: bool = True,
+                log: Callable[[str], None] = print) -> Iterator[None]:
+    """Hold the lock of `out_dir` for the block; with `create`, make the folder first (and
+    with `marker`, mark it as an output folder that finding photos skips)."""
+    layout = Layout(out_dir)
+    if create:
+        layout.root.mkdir(parents=True, exist_ok=True)
+        if marker and not layout.marker.exists():
+            write_text(layout.marker, "photoclust output folder: photoclust never reads photos from here\n")
+    elif not layout.root.is_dir():
+        raise UserError(f"--out {out_dir}: no such output folder; run `photoclust extract PHOTOS --out {out_dir}` first")
+    key = os.path.realpath(layout.lock)
+    if key in _held:
+        fd, depth = _held[key]
+        _held[key] = (fd, depth + 1)
+        try:
+            yield
+        finally:
+            fd, depth = _held[key]
+            _held[key] = (fd, depth - 1)
+        return
+    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise UserError(f"another photoclust run is working in {out_dir}; wait for it to finish "
+                                "or rerun without --no-wait to queue behind it") from None
+            log(f"waiting for another photoclust run to finish in {out_dir} ...")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        _held[key] = (fd, 1)
+        removed = remove_stale_temporaries(layout.root)
+        if removed:
+            log(f"removed {removed} temporary file(s) left by an interrupted run in {out_dir}")
+        try:
+            yield
+        finally:
+            del _held[key]
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
