@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 _passed = 0
+_lock = threading.Lock()  # render makes thumbnails in threads: one count, no point skipped or doubled
 
 
 def point(name: str) -> None:
@@ -21,12 +23,13 @@ def point(name: str) -> None:
     log = os.environ.get("PHOTOCLUST_FAULT_LOG")
     if kill_at is None and log is None:
         return
-    _passed += 1
-    if log:
-        with open(log, "a", encoding="utf-8", errors="backslashreplace") as fh:
-            fh.write(f"{_passed}\t{name}\n")
-    if kill_at is not None and _passed == int(kill_at):
-        os.kill(os.getpid(), signal.SIGKILL)
+    with _lock:
+        _passed += 1
+        if log:
+            with open(log, "a", encoding="utf-8", errors="backslashreplace") as fh:
+                fh.write(f"{_passed}\t{name}\n")
+        if kill_at is not None and _passed == int(kill_at):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def reset() -> None:

@@ -1,0 +1,210 @@
+"""Fault injection: SIGKILL a run at every write point of every stage, rerun, compare.
+
+A clean run first lists its write points (PHOTOCLUST_FAULT_LOG, see pipeline/faults.py);
+then, for each point in turn, a fresh copy of the starting state is run with
+PHOTOCLUST_KILL_AT=N (the process kills itself there, as on a power cut: no cleanup runs),
+the same command is run again without the fault, and the output folder must equal the
+clean run's: byte-identical features and manifest, the same clusterings, sheets and
+exported files, no temporary file, no journal left.
+
+The runs are forked from a server that imported torch once (multiprocessing forkserver),
+so a run costs its own work, not Python's start-up.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import make_photos
+
+ARGS = ["--weights", "random", "--device", "cpu", "--workers", "0", "--batch-size", "1"]
+CLUSTER_ARGS = ["--k", "2", "--losses", "square,huber", "--n-init", "1"]
+# Differ from run to run by nature (timings, the device string); compared without them.
+VOLATILE_SUMMARY_KEYS = ("seconds", "device")
+
+
+def _child(argv: list[str], env: dict[str, str]) -> None:
+    os.environ.update(env)
+    from pipeline import faults
+    from pipeline.cli import main
+
+    faults.reset()
+    os._exit(main(argv))
+
+
+@pytest.fixture(scope="module")
+def runner():
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "torchvision", "pandas", "PIL.Image", "pipeline.cli", "pipeline.extract",
+                                "pipeline.cluster", "pipeline.render", "pipeline.report", "pipeline.export"])
+
+    def run(argv: list[str], kill_at: int | None = None, log: Path | None = None) -> int:
+        env = {"PHOTOCLUST_KILL_AT": str(kill_at)} if kill_at else {}
+        if log is not None:
+            env["PHOTOCLUST_FAULT_LOG"] = str(log)
+        process = ctx.Process(target=_child, args=([str(a) for a in argv], env))
+        process.start()
+        process.join(120)
+        assert process.exitcode is not None, f"{argv} hung"
+        return process.exitcode
+
+    return run
+
+
+def write_points(run, argv: list[str], log: Path) -> list[str]:
+    assert run(argv, log=log) == 0
+    points = [line.split("\t", 1)[1] for line in log.read_text().splitlines()]
+    log.unlink()
+    assert points, f"{argv} passed no write point"
+    return points
+
+
+def leftovers(out: Path) -> list[str]:
+    return [str(p) for p in out.rglob("*.photoclust-tmp")] + [str(p) for p in out.rglob("*.next")]
+
+
+def same_file(a: Path, b: Path) -> bool:
+    if a.name == "summary.json":
+        load = lambda p: {k: v for k, v in json.loads(p.read_text()).items() if k not in VOLATILE_SUMMARY_KEYS}
+        return load(a) == load(b)
+    return filecmp.cmp(a, b, shallow=False)
+
+
+def assert_same_outputs(out: Path, clean: Path, skip: tuple[str, ...] = ("index.html",)) -> None:
+    """Every file of the clean run exists in `out` with the same content, and nothing else."""
+    def files(root: Path) -> set[str]:
+        return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink()}
+
+    ours, theirs = files(out), files(clean)
+    assert ours - {"damaged"} == theirs, f"extra {sorted(ours - theirs)}, missing {sorted(theirs - ours)}"
+    for rel in sorted(theirs):
+        if rel in skip or rel == ".photoclust.lock":
+            continue
+        if (clean / rel).is_symlink():
+            assert os.readlink(out / rel) == os.readlink(clean / rel), rel
+        else:
+            assert same_file(out / rel, clean / rel), rel
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Three photos committed in `base`; then one deleted and one added (same count)."""
+    root = tmp_path_factory.mktemp("faults")
+    folder = root / "photos"
+    made = make_photos(folder, 4)
+    hidden = root / "later.png"
+    shutil.move(made[3], hidden)
+    return root, folder, made, hidden
+
+
+def test_extract_killed_at_every_write_point_resumes_to_the_clean_result(runner, photos, tmp_path):
+    root, folder, made, hidden = photos
+    base = tmp_path / "base"
+    assert runner(["extract", folder, "--out", base, *ARGS]) == 0
+    # The next run has a deleted photo and a new one to embed, over a committed cache.
+    made[0].unlink()
+    shutil.copy2(hidden, made[3])
+    try:
+        clean = tmp_path / "clean"
+        assert runner(["extract", folder, "--out", clean, *ARGS]) == 0
+        probe = tmp_path / "probe"
+        shutil.copytree(base, probe)
+        points = write_points(runner, ["extract", folder, "--out", probe, *ARGS], tmp_path / "log")
+        assert any("journal" in p for p in points) and any("features.json" in p for p in points)
+        for n, name in enumerate(points, start=1):
+            out = tmp_path / f"kill{n}"
+            shutil.copytree(base, out)
+            assert runner(["extract", folder, "--out", out, *ARGS], kill_at=n) == -9, name
+            assert runner(["extract", folder, "--out", out, *ARGS]) == 0, name
+            assert (out / "features.npy").read_bytes() == (clean / "features.npy").read_bytes(), name
+            assert (out / "manifest.csv").read_bytes() == (clean / "manifest.csv").read_bytes(), name
+            assert not (out / "journal").exists() and not leftovers(out), name
+            shutil.rmtree(out)
+    finally:
+        shutil.copy2(made[3], made[0]) if not made[0].exists() else None
+        made[3].unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def extracted(runner, photos, tmp_path_factory):
+    _, folder, _, _ = photos
+    out = tmp_path_factory.mktemp("extracted") / "out"
+    assert runner(["extract", folder, "--out", out, *ARGS]) == 0
+    return folder, out
+
+
+def test_run_killed_at_every_write_point_of_cluster_represent_render(runner, extracted, tmp_path):
+    folder, base = extracted
+    argv = lambda out: ["run", folder, "--out", out, *ARGS, *CLUSTER_ARGS]
+    clean = tmp_path / "clean"
+    shutil.copytree(base, clean)
+    assert runner(argv(clean)) == 0
+    probe = tmp_path / "probe"
+    shutil.copytree(base, probe)
+    points = write_points(runner, argv(probe), tmp_path / "log")
+    for stage_file in ("assignments.csv", "centers.npy", "summary.json", "representatives.csv", "losses.png",
+                       "index.html"):
+        assert any(stage_file in p for p in points), stage_file
+    for n, name in enumerate(points, start=1):
+        out = tmp_path / f"kill{n}"
+        shutil.copytree(base, out)
+        assert runner(argv(out), kill_at=n) == -9, name
+        assert runner(argv(out)) == 0, name
+        assert_same_outputs(out, clean)
+        assert not leftovers(out), name
+        shutil.rmtree(out)
+
+
+def test_refit_killed_at_every_write_point_never_shows_the_old_clusters(runner, extracted, tmp_path):
+    """A refit with another k over a finished run: killed anywhere, `render` alone either
+    draws the new clustering or refuses; the rerun of the refit gives the clean result."""
+    folder, base = extracted
+    start = tmp_path / "start"
+    shutil.copytree(base, start)
+    assert runner(["run", folder, "--out", start, *ARGS, *CLUSTER_ARGS]) == 0
+    refit = lambda out: ["cluster", "--out", out, "--k", "3", "--losses", "square,huber", "--n-init", "1"]
+    clean = tmp_path / "clean"
+    shutil.copytree(start, clean)
+    assert runner(refit(clean)) == 0
+    points = write_points(runner, refit(tmp_path / "probe") if shutil.copytree(start, tmp_path / "probe") else [],
+                          tmp_path / "log")
+    for n, name in enumerate(points, start=1):
+        out = tmp_path / f"kill{n}"
+        shutil.copytree(start, out)
+        assert runner(refit(out), kill_at=n) == -9, name
+        for loss in ("square", "huber"):
+            summary = out / "clusters" / loss / "summary.json"
+            if summary.is_file() and json.loads(summary.read_text())["k"] == 2:
+                # the old clustering is intact and still current: nothing of the new one was written
+                assert not (out / "clusters" / loss / "centers.npy").stat().st_mtime_ns > summary.stat().st_mtime_ns
+        assert runner(refit(out)) == 0, name
+        assert_same_outputs(out, clean)
+        shutil.rmtree(out)
+
+
+def test_export_killed_at_every_write_point_gives_the_clean_folders(runner, extracted, tmp_path):
+    folder, base = extracted
+    start = tmp_path / "start"
+    shutil.copytree(base, start)
+    assert runner(["run", folder, "--out", start, *ARGS, *CLUSTER_ARGS]) == 0
+    for copy in ([], ["--copy"]):
+        argv = lambda target: ["export", "--out", start, "--loss", "huber", "--to", target, *copy]
+        clean = tmp_path / f"clean{len(copy)}"
+        assert runner(argv(clean)) == 0
+        assert runner(argv(clean)) == 0  # a re-export over itself is the same folder
+        points = write_points(runner, argv(tmp_path / f"probe{len(copy)}"), tmp_path / "log")
+        for n, name in enumerate(points, start=1):
+            target = tmp_path / f"kill{len(copy)}_{n}"
+            assert runner(argv(target), kill_at=n) == -9, name
+            assert runner(argv(target)) == 0, name
+            assert_same_outputs(target, clean, skip=(".photoclust-export",))
+            assert not leftovers(target), name
+    photos_after = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    assert len([p for p in photos_after if p.endswith((".jpg", ".png"))]) == 3  # the photos are untouched
