@@ -15,9 +15,10 @@ from pathlib import Path
 
 from .cache import read_source
 from .errors import UserError
+from .images import EXPORT_MARKER
 from .represent import read_assignments
 
-MARKER = ".photoclust-export"
+MARKER = EXPORT_MARKER  # also how finding photos recognises an export inside the photo folder
 
 
 @dataclass
