@@ -1,5 +1,5 @@
 """What a walk of the photo folder leaves out, and says so: photoclust's own output and
-export folders, broken links and unlistable folders."""
+export folders, broken links and unlistable folders; and names in any script on the sheets."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
+from pipeline import render
 from pipeline.cli import main
 from pipeline.config import ExtractConfig
 from pipeline.errors import UserError
@@ -260,3 +261,47 @@ def test_file_without_read_permission_gets_a_row(tmp_path: Path) -> None:
     finally:
         locked.chmod(0o644)
     assert _manifest(out)["locked.jpg"] == ("unreadable", "cannot read: Permission denied")
+
+
+# ------------------------------------------------------------------------ fonts
+
+
+def _glyph(face: ImageFont.ImageFont, text: str) -> bytes:
+    im = Image.new("L", (40, 40), 0)
+    ImageDraw.Draw(im).text((4, 4), text, fill=255, font=face)
+    return im.tobytes()
+
+
+@pytest.mark.parametrize("a,b", [("Ж", "Я"), ("λ", "Ω"), ("é", "ß")])
+def test_sheet_font_draws_cyrillic_and_greek_letters_not_boxes(a: str, b: str) -> None:
+    face = render.font(12)
+    assert isinstance(face, ImageFont.FreeTypeFont)
+    assert _glyph(face, a) != _glyph(face, b)  # a missing glyph draws the same box for both
+    assert any(_glyph(face, a)) and any(_glyph(face, b))
+
+
+def test_bold_font_is_a_different_face() -> None:
+    assert _glyph(render.font(18, bold=True), "Ж") != _glyph(render.font(18), "Ж")
+
+
+def test_font_falls_back_to_pillows_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    render.font.cache_clear()
+    monkeypatch.setattr(render, "font_file", lambda bold=False: None)
+    try:
+        face = render.font(12)
+        assert face.getlength("abc") > 0
+    finally:
+        render.font.cache_clear()
+
+
+def test_tile_fits_captions_in_any_script() -> None:
+    face = render.font(12)
+    lines = ["Фотография_лето_Ωμέγα.jpg", "кластер · 3 photos, gjpqy"]
+    cell = render.tile(None, lines, face)
+    line_height = face.size + 3
+    assert cell.size == (render.THUMB_PX + 2 * render.PAD,
+                         render.THUMB_PX + 2 * render.PAD + 2 * line_height)
+    top = render.THUMB_PX + 2 * render.PAD + line_height - 2  # where tile draws the last line
+    box = ImageDraw.Draw(cell).textbbox((render.PAD, top), render.shorten(lines[1], face, render.THUMB_PX),
+                                        font=face)
+    assert box[3] <= cell.height  # descenders stay inside the cell
