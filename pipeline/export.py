@@ -29,11 +29,12 @@ from . import atomic, faults
 from .cache import load_embedded, read_source
 from .cluster import check_current
 from .errors import UserError
+from .images import EXPORT_MARKER
 from .layout import Layout
 from .lock import output_lock
 from .represent import read_assignments
 
-MARKER = ".photoclust-export"
+MARKER = EXPORT_MARKER  # also how finding photos recognises an export inside the photo folder
 
 
 @dataclass

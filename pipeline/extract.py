@@ -26,7 +26,7 @@ from .cache import (FEATURE_DIM, OK, UNREADABLE, CacheDamaged, Entry, Journal, a
                     set_aside, write_cache, write_source)
 from .config import ExtractConfig
 from .errors import UserError
-from .images import IMAGE_EXTENSIONS, UnreadableImage, find_images, open_rgb
+from .images import IMAGE_EXTENSIONS, UnreadableImage, open_rgb, scan_images
 from .kmeans import resolve_device
 from .weights import Preprocess, Weights, build_features_model, resolve_weights
 
@@ -132,26 +132,33 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
                    log: Callable[[str], None] = print,
                    on_batch: Callable[[int], None] | None = None,
                    progress: bool | None = None) -> ExtractReport:
-    """Embed every image under `root` into `out_dir`'s cache; returns what happened."""
+    """Embed every image under `root` into `out_dir`'s cache; returns what happened.
+
+    photoclust's own output and export folders under `root`, and `out_dir` itself, are
+    not entered (one log line each); paths found but unreadable, such as broken links
+    and unlistable subfolders, get manifest rows with status `unreadable`.
+    """
     started = time.perf_counter()
-    root = Path(root)
+    root, out_dir = Path(root), Path(out_dir)
     try:
-        files = find_images(root)
+        scan = scan_images(root, exclude=[out_dir])  # out_dir may have no marker yet
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise UserError(str(exc)) from None
+    for folder, why in scan.skipped:
+        log(f"skipping {folder}: {why}")
+    files = scan.images
     if not files:
         raise UserError(f"no images found under {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
-                        "check the folder")
+                        f"check the folder{_unreadable_hint(scan.unreadable)}")
 
     weights = resolve_weights(cfg.weights, seed=seed, log=log)
     device = resolve_device(cfg.device, prefer_mps=True)
     half = autocast_dtype(device)
     key = cache_key(weights, cfg.resize, str(half).replace("torch.", "") if half else "float32")
-    out_dir = Path(out_dir)
     activate_key(out_dir, key)
     report = ExtractReport(weights_id=weights.id, device=str(device), cache_key_id=key_id(key))
 
-    current = [(p, p.relative_to(root).as_posix()) for p in files]
+    current = [(root / rel, rel) for rel in files]
     committed_entries, committed_rows = _committed_cache(out_dir, log)
     known = {e.path: (e, committed_rows[i]) for i, e in enumerate(committed_entries)}
     journal = Journal(out_dir)
@@ -174,7 +181,10 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
             report.reused += 1
         else:
             todo.append((path, rel, st.st_size, st.st_mtime_ns))
-    report.dropped = len(set(known) - {rel for _, rel in current})
+    for rel, reason in scan.unreadable:  # looked at afresh each run: nothing to reuse
+        results[rel] = (Entry(rel, 0, 0, "", UNREADABLE, reason), _nan_row())
+    listed = sorted({rel for _, rel in current} | set(results))
+    report.dropped = len(set(known) - set(listed))
 
     if todo:
         log(f"decoding {len(todo)} new or changed image(s) of {len(current)} with {weights.id} on {device}")
@@ -187,7 +197,7 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
             if on_batch is not None:
                 on_batch(report.decoded)
 
-    ordered = [results[rel] for _, rel in current]
+    ordered = [results[rel] for rel in listed]
     entries = [e for e, _ in ordered]
     features = np.stack([row for _, row in ordered]).astype(np.float32, copy=False)
     # Rows taken from the journal (this run's or a killed run's) reach the committed cache
@@ -202,6 +212,15 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
     report.unreadable = len(report.unreadable_files)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _unreadable_hint(unreadable: list[tuple[str, str]]) -> str:
+    # With no manifest written, the error itself must say what could not be read.
+    if not unreadable:
+        return ""
+    shown = "; ".join(f"{rel}: {reason}" for rel, reason in unreadable[:3])
+    more = f"; and {len(unreadable) - 3} more" if len(unreadable) > 3 else ""
+    return f"; {len(unreadable)} path(s) could not be read ({shown}{more})"
 
 
 def _nan_row() -> np.ndarray:

@@ -1,6 +1,6 @@
 """Finding photos in a folder and decoding any of them safely to RGB.
 
-Everything here is pure Pillow/numpy: the extraction stage calls `find_images` once and
+Everything here is pure Pillow/numpy: the extraction stage calls `scan_images` once and
 `open_rgb` per file (in DataLoader workers), and the contact sheets call `thumbnail`.
 A file that cannot be decoded raises `UnreadableImage` with a short reason for the
 manifest; no raw Pillow/OS error escapes for a bad file.
@@ -8,13 +8,19 @@ manifest; no raw Pillow/OS error escapes for a bad file.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .cache import KEY_FILE
 
 _BASE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
@@ -47,20 +53,68 @@ class UnreadableImage(Exception):
 
 # --------------------------------------------------------------------------- finding
 
+# A folder holding one of these files was written by photoclust: its sheets, thumbnails
+# and export links are not photos, so a walk never enters it (`photoclust run .` puts
+# ./outputs/ inside the photo folder, and an export may land there too).
+OUTPUT_MARKER = ".photoclust-output"
+EXPORT_MARKER = ".photoclust-export"
+LEGACY_OUTPUT_MARKER = KEY_FILE  # output folders made before OUTPUT_MARKER existed
+
+OUTPUT_FOLDER = "a photoclust output folder"
+EXPORT_FOLDER = "a photoclust export folder"
+EXCLUDED_FOLDER = "the output folder of this run"
+
+
+@dataclass
+class Scan:
+    """What one walk of a photo folder found; every path is relative POSIX, sorted.
+
+    images      image files to decode
+    unreadable  (path, reason) for what was found but cannot be read: a broken or looping
+                link with an image name ("broken link -> target"), an image-named entry
+                that cannot be inspected ("cannot read: ..."), a pipe or device with an
+                image name ("not a regular file"), or a subfolder that cannot be listed
+                ("cannot list folder: Permission denied"); a folder's path ends in "/"
+                ("sub/") so it never reads as a file of the same name. A listed file that
+                cannot be opened is in `images`: decoding records why it failed.
+    skipped     (folder, why) for the folders not entered: photoclust output and export
+                folders and the caller's excluded folders (no trailing "/")
+    """
+
+    images: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
 
 def find_images(root: Path) -> list[Path]:
     """Every image file under `root`, sorted by relative POSIX path.
 
+    The images of `scan_images(root)`; use that to learn what was unreadable or skipped.
+    """
+    root = Path(root)
+    return [root / rel for rel in scan_images(root).images]
+
+
+def scan_images(root: Path, exclude: Iterable[Path] = ()) -> Scan:
+    """Walk `root` for image files, reporting what could not be read and what was skipped.
+
     Hidden files and directories are skipped, file links are followed, directory links
-    are followed but each real directory is walked once (no loops, no duplicates), and
-    broken links and unlistable subdirectories are ignored.
+    are followed but each real directory is walked once (no loops, no duplicates).
+    Subfolders that are photoclust output or export folders (see the markers above) and
+    the folders in `exclude` (however reached) are not entered; `root` itself is always
+    walked, since the user named it. Broken links whose names are not image names are
+    not photos and are ignored.
     """
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"image folder not found: {root}")
     if not root.is_dir():
         raise NotADirectoryError(f"not a directory: {root}")
-    return [root / rel for rel in sorted(_walk_image_names(root))]
+    scan = _walk(root, _existing_dir_keys(exclude))
+    scan.images.sort()
+    scan.unreadable.sort()
+    scan.skipped.sort()
+    return scan
 
 
 def _dir_key(st: os.stat_result) -> tuple[int, int]:
@@ -68,40 +122,112 @@ def _dir_key(st: os.stat_result) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
-def _walk_image_names(root: Path) -> list[str]:
-    """Relative POSIX paths of image files, depth-first in name order (deterministic)."""
-    found: list[str] = []
+def _existing_dir_keys(folders: Iterable[Path]) -> set[tuple[int, int]]:
+    keys = set()
+    for folder in folders:
+        try:
+            st = os.stat(folder)
+        except OSError:  # not made yet: nothing of it can be in the tree
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            keys.add(_dir_key(st))
+    return keys
+
+
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def photoclust_folder(path: str | Path) -> str | None:
+    """Why photoclust wrote the folder at `path` (a phrase for the log), or None if it did not."""
+    if os.path.isfile(os.path.join(path, OUTPUT_MARKER)) or os.path.isfile(os.path.join(path, LEGACY_OUTPUT_MARKER)):
+        return OUTPUT_FOLDER
+    if os.path.isfile(os.path.join(path, EXPORT_MARKER)):
+        return EXPORT_FOLDER
+    return None
+
+
+def _walk(root: Path, excluded: set[tuple[int, int]]) -> Scan:
+    """Depth-first in name order (deterministic); the root must be listable."""
+    scan = Scan()
     visited = {_dir_key(root.stat())}
     stack: list[tuple[str, str]] = [(os.fspath(root), "")]
     while stack:
         dirpath, prefix = stack.pop()
+        try:
+            entries = _sorted_entries(dirpath)
+        except OSError as exc:
+            if not prefix:  # the folder the user named must be readable
+                raise
+            scan.unreadable.append((prefix, f"cannot list folder: {_strerror(exc)}"))
+            continue
         subdirs: list[tuple[str, str]] = []
-        for entry in _sorted_entries(dirpath, is_root=not prefix):
-            name = entry.name
-            if name.startswith("."):
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
+            rel = prefix + entry.name
             try:
                 if entry.is_dir():  # follows links; False for broken links
                     key = _dir_key(entry.stat())
-                    if key not in visited:
-                        visited.add(key)
-                        subdirs.append((entry.path, f"{prefix}{name}/"))
-                elif os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
-                    found.append(prefix + name)
-            except OSError:  # vanished or unreadable entry: not ours to report
-                continue
+                    if key in visited:
+                        continue
+                    visited.add(key)
+                    why = EXCLUDED_FOLDER if key in excluded else photoclust_folder(entry.path)
+                    if why:
+                        scan.skipped.append((rel, why))
+                    else:
+                        subdirs.append((entry.path, rel + "/"))
+                elif not _is_image_name(entry.name):
+                    continue
+                elif entry.is_file():
+                    scan.images.append(rel)
+                elif entry.is_symlink() and not os.path.exists(entry.path):
+                    scan.unreadable.append((rel, _broken_link(entry.path, None)))
+                else:  # a pipe, socket or device named like a photo: opening it could block
+                    scan.unreadable.append((rel, "not a regular file"))
+            except OSError as exc:
+                problem = _entry_problem(entry, rel, exc)
+                if problem is not None:
+                    scan.unreadable.append(problem)
         stack.extend(reversed(subdirs))  # pop() then visits them in name order
-    return found
+    return scan
 
 
-def _sorted_entries(dirpath: str, is_root: bool) -> list[os.DirEntry[str]]:
+def _entry_problem(entry: os.DirEntry[str], rel: str, exc: OSError) -> tuple[str, str] | None:
+    """The manifest row for an entry that could not be inspected, if it may hold photos."""
+    if _is_image_name(entry.name):
+        if _answers(entry.is_symlink):  # e.g. a link to itself
+            return rel, _broken_link(entry.path, exc)
+        return rel, f"cannot read: {_strerror(exc)}"
+    if _answers(entry.is_dir):  # listed but not enterable, e.g. a folder without x permission
+        return rel + "/", f"cannot list folder: {_strerror(exc)}"
+    return None  # neither an image name nor a folder: nothing photoclust would have read
+
+
+def _answers(test: Callable[[], bool]) -> bool:
+    # DirEntry tests may stat and fail again; failing counts as "no".
     try:
-        with os.scandir(dirpath) as it:
-            return sorted(it, key=lambda e: e.name)
+        return test()
     except OSError:
-        if is_root:  # the folder the user named must be readable
-            raise
-        return []
+        return False
+
+
+def _broken_link(path: str, exc: OSError | None) -> str:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    why = f" ({_strerror(exc)})" if exc is not None and exc.errno != errno.ENOENT else ""
+    return f"broken link -> {target}{why}"
+
+
+def _strerror(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _sorted_entries(dirpath: str) -> list[os.DirEntry[str]]:
+    with os.scandir(dirpath) as it:
+        return sorted(it, key=lambda e: e.name)
 
 
 # --------------------------------------------------------------------------- decoding

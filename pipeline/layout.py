@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-OUTPUT_MARKER = ".photoclust-output"
+from .images import OUTPUT_MARKER
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ thumbnail cache is keyed by the file's SHA-1 from the manifest).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections import defaultdict
@@ -51,11 +52,35 @@ class RenderReport:
 
 # ----------------------------------------------------------------------------- drawing (pure)
 
-def font(size: int = 12) -> ImageFont.ImageFont:
+# DejaVu Sans covers Latin, Greek, Cyrillic, Armenian, Georgian and more; Pillow's own
+# default font covers Latin only and draws other file names as boxes. matplotlib (a
+# dependency) ships it, so it is there wherever photoclust is installed.
+_FONT_FILES = {False: "DejaVuSans.ttf", True: "DejaVuSans-Bold.ttf"}
+
+
+@functools.lru_cache(maxsize=None)
+def font(size: int = 12, bold: bool = False) -> ImageFont.ImageFont:
+    """DejaVu Sans at `size` pixels; Pillow's default font where it cannot be loaded."""
+    path = font_file(bold)
+    if path is not None:
+        try:
+            return ImageFont.truetype(path, size)
+        except (OSError, ImportError):  # a damaged file, or a Pillow without FreeType
+            pass
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow without FreeType: the fixed bitmap font
         return ImageFont.load_default()
+
+
+def font_file(bold: bool = False) -> str | None:
+    """matplotlib's copy of DejaVu Sans, or None when it is not there."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", _FONT_FILES[bold])
+    return path if os.path.isfile(path) else None
 
 
 def text_width(text: str, face: ImageFont.ImageFont) -> float:
@@ -100,7 +125,7 @@ def tile(thumb: Image.Image | None, lines: list[str], face: ImageFont.ImageFont,
 def grid(cells: list[Image.Image], columns: int, title: str, face: ImageFont.ImageFont,
          notes: list[str] = (), row_labels: list[str] | None = None) -> Image.Image:
     """Cells in rows of `columns` under a title (and notes); optional labels left of each row."""
-    title_face = font(18)
+    title_face = font(18, bold=True)
     columns = max(1, min(columns, len(cells))) if cells else 1
     cell_w = max((c.width for c in cells), default=THUMB_PX + 2 * PAD)
     cell_h = max((c.height for c in cells), default=THUMB_PX + 2 * PAD)
