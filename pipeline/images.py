@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .cache import KEY_FILE
+from .layout import EXPORT_MARKER, LEGACY_OUTPUT_MARKER, OUTPUT_MARKER
 
 _BASE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
@@ -56,9 +56,7 @@ class UnreadableImage(Exception):
 # A folder holding one of these files was written by photoclust: its sheets, thumbnails
 # and export links are not photos, so a walk never enters it (`photoclust run .` puts
 # ./outputs/ inside the photo folder, and an export may land there too).
-OUTPUT_MARKER = ".photoclust-output"
-EXPORT_MARKER = ".photoclust-export"
-LEGACY_OUTPUT_MARKER = KEY_FILE  # output folders made before OUTPUT_MARKER existed
+# (OUTPUT_MARKER, EXPORT_MARKER, LEGACY_OUTPUT_MARKER: see layout.py)
 
 OUTPUT_FOLDER = "a photoclust output folder"
 EXPORT_FOLDER = "a photoclust export folder"

@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .images import OUTPUT_MARKER
+OUTPUT_MARKER = ".photoclust-output"
+EXPORT_MARKER = ".photoclust-export"  # written by `export` in the folders it makes
+LEGACY_OUTPUT_MARKER = "cache_key.json"  # output folders made before OUTPUT_MARKER existed
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Layout:
 
     @property
     def cache_key(self) -> Path:
-        return self.root / "cache_key.json"
+        return self.root / LEGACY_OUTPUT_MARKER
 
     @property
     def journal(self) -> Path:
