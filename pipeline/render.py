@@ -182,7 +182,8 @@ class Thumbnails:
                 reason = exc.reason
                 continue
             atomic.write_with(cached, lambda fh: im.save(fh, "JPEG", quality=88))
-            return im, "", True
+            with Image.open(cached) as saved:  # draw what the cache holds, so a rerun draws the same pixels
+                return saved.convert("RGB"), "", True
         return None, reason, False
 
     def prepare(self, paths: list[str], progress: bool | None = None) -> None:
