@@ -140,50 +140,65 @@ def extracted(runner, photos, tmp_path_factory):
     return folder, out
 
 
-def test_run_killed_at_every_write_point_of_cluster_represent_render(runner, extracted, tmp_path):
+def test_each_stage_killed_at_every_write_point_reruns_to_the_clean_result(runner, extracted, tmp_path):
+    """cluster, represent and render in turn, each from the clean result of the ones before."""
     folder, base = extracted
-    argv = lambda out: ["run", folder, "--out", out, *ARGS, *CLUSTER_ARGS]
-    clean = tmp_path / "clean"
-    shutil.copytree(base, clean)
-    assert runner(argv(clean)) == 0
-    probe = tmp_path / "probe"
-    shutil.copytree(base, probe)
-    points = write_points(runner, argv(probe), tmp_path / "log")
+    stages = [["cluster", *CLUSTER_ARGS], ["represent"], ["render"]]
+    before = tmp_path / "before"
+    shutil.copytree(base, before)
+    for stage in stages:
+        argv = lambda out: [stage[0], "--out", out, *stage[1:]]
+        clean = tmp_path / f"clean_{stage[0]}"
+        shutil.copytree(before, clean)
+        assert runner(argv(clean)) == 0
+        probe = tmp_path / "probe"
+        shutil.copytree(before, probe)
+        points = write_points(runner, argv(probe), tmp_path / "log")
+        shutil.rmtree(probe)
+        for n, name in enumerate(points, start=1):
+            out = tmp_path / f"kill{n}"
+            shutil.copytree(before, out)
+            assert runner(argv(out), kill_at=n) == -9, name
+            assert runner(argv(out)) == 0, name
+            assert_same_outputs(out, clean)
+            assert not leftovers(out), name
+            shutil.rmtree(out)
+        before = clean
     for stage_file in ("assignments.csv", "centers.npy", "summary.json", "representatives.csv", "losses.png",
                        "index.html"):
-        assert any(stage_file in p for p in points), stage_file
-    for n, name in enumerate(points, start=1):
-        out = tmp_path / f"kill{n}"
-        shutil.copytree(base, out)
-        assert runner(argv(out), kill_at=n) == -9, name
-        assert runner(argv(out)) == 0, name
-        assert_same_outputs(out, clean)
-        assert not leftovers(out), name
-        shutil.rmtree(out)
+        assert list(before.rglob(stage_file)), stage_file
 
 
-def test_refit_killed_at_every_write_point_never_shows_the_old_clusters(runner, extracted, tmp_path):
-    """A refit with another k over a finished run: killed anywhere, `render` alone either
-    draws the new clustering or refuses; the rerun of the refit gives the clean result."""
+def test_refit_killed_at_every_write_point_never_passes_for_a_finished_clustering(runner, extracted, tmp_path):
+    """A refit with another k over a finished run, killed anywhere: a loss whose summary.json
+    exists has assignments and centers of that summary's k (a half-written refit has no
+    summary, and the later stages refuse it); the rerun of the refit gives the clean result."""
+    import numpy as np
+
+    from pipeline.tables import read_rows
+
     folder, base = extracted
     start = tmp_path / "start"
     shutil.copytree(base, start)
     assert runner(["run", folder, "--out", start, *ARGS, *CLUSTER_ARGS]) == 0
     refit = lambda out: ["cluster", "--out", out, "--k", "3", "--losses", "square,huber", "--n-init", "1"]
-    clean = tmp_path / "clean"
+    clean, probe = tmp_path / "clean", tmp_path / "probe"
     shutil.copytree(start, clean)
+    shutil.copytree(start, probe)
     assert runner(refit(clean)) == 0
-    points = write_points(runner, refit(tmp_path / "probe") if shutil.copytree(start, tmp_path / "probe") else [],
-                          tmp_path / "log")
+    points = write_points(runner, refit(probe), tmp_path / "log")
     for n, name in enumerate(points, start=1):
         out = tmp_path / f"kill{n}"
         shutil.copytree(start, out)
         assert runner(refit(out), kill_at=n) == -9, name
         for loss in ("square", "huber"):
-            summary = out / "clusters" / loss / "summary.json"
-            if summary.is_file() and json.loads(summary.read_text())["k"] == 2:
-                # the old clustering is intact and still current: nothing of the new one was written
-                assert not (out / "clusters" / loss / "centers.npy").stat().st_mtime_ns > summary.stat().st_mtime_ns
+            folder_of_loss = out / "clusters" / loss
+            if (folder_of_loss / "summary.json").is_file():
+                k = json.loads((folder_of_loss / "summary.json").read_text())["k"]
+                labels = {int(r["cluster"]) for r in read_rows(folder_of_loss / "assignments.csv")[1]}
+                assert max(labels) < k and np.load(folder_of_loss / "centers.npy").shape[0] == k, name
+            else:
+                assert runner(["render", "--out", out, "--losses", loss]) == 2, name
         assert runner(refit(out)) == 0, name
         assert_same_outputs(out, clean)
         shutil.rmtree(out)
