@@ -1,4 +1,4 @@
-"""A straightforward re-implementation of the tutorial's clustering (shared/seeds/000).
+"""A straightforward re-implementation of the clustering of the VGG16 multi-loss tutorial photoclust grew from.
 
 The baseline photoclust's engine is measured against, in tests and in `make bench-cluster`.
 It follows the tutorial step by step: a loss function per (point, center) pair, the

@@ -1,4 +1,4 @@
-"""The six clustering losses of the tutorial, each defined once (see shared/LOSSES.md).
+"""The six clustering losses of the tutorial, each defined once, with the math below.
 
 Everything here works on torch tensors and runs unchanged on CPU or CUDA. Computation
 happens in the dtype of `X` (float32 in the engine, float64 in tests); every sum over
