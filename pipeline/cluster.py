@@ -83,8 +83,8 @@ def cluster_run(out_dir: Path, cfg: ClusterConfig, *, log: Callable[[str], None]
     for loss in cfg.losses:
         cfg = replace(base, k=_resolve_k(out_dir, base, loss, features, log))
         if cfg.k > len(paths):
-            raise UserError(f"k={cfg.k} is larger than the {len(paths)} embedded images in {out_dir}; "
-                            "pass a smaller --k")
+            raise UserError(f"{base.origin('k')}: k={cfg.k} is larger than the {len(paths)} embedded images "
+                            f"in {out_dir}; choose a smaller k")
         folder = loss_dir(out_dir, loss)
         fingerprint = _fingerprint(features, paths, cfg, loss)
         previous = _read_summary(folder)
