@@ -24,9 +24,9 @@ from .cache import atomic_save_npy, atomic_write_bytes, atomic_write_csv, key_id
 from .config import ClusterConfig
 from .errors import UserError
 from .kmeans import GeneralizedKMeans
-from .losses import PARAM_NAME, pointwise_loss
+from .losses import PARAM_NAME, ParamScaleError, pointwise_loss
 
-ENGINE_VERSION = 3  # bump when a change to the engine changes results, so caches refit
+ENGINE_VERSION = 4  # bump when a change to the engine changes results, so caches refit
 ASSIGNMENT_COLUMNS = ["path", "cluster", "loss_to_center"]
 
 
@@ -143,6 +143,8 @@ def _fit_one(features: np.ndarray, paths: list[str], cfg: ClusterConfig, loss: s
             model = GeneralizedKMeans(n_clusters=cfg.k, loss=loss, param=param, n_init=cfg.n_init,
                                       max_iter=cfg.max_iter, seed=cfg.seed, device=cfg.device,
                                       on_iteration=progress).fit(features)
+    except ParamScaleError as exc:  # the engine knows the data, the config knows where the value was set
+        raise UserError(f"{cfg.origin(f'params.{loss}')}: {exc}") from None
     except ValueError as exc:  # the engine's validation messages are written for users
         raise UserError(f"cluster ({loss}): {exc}") from None
     seconds = time.perf_counter() - started
