@@ -27,11 +27,11 @@ def _add_out(p: argparse.ArgumentParser) -> None:
 def _add_extract_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None,
                    help="auto | imagenet | oxford | random | PATH to a torchvision VGG16 state dict")
-    p.add_argument("--resize", choices=("crop", "squash"), default=None,
+    p.add_argument("--resize", default=None,
                    help="crop: resize 256 + center crop 224 (default); squash: 224x224 like the tutorial")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", default=None, help="images per forward pass (default 16)")
     p.add_argument("--workers", default=None, help="decoding processes (default auto)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None)
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
     p.add_argument("--seed", type=int, default=0, help="seed of --weights random")
 
 
@@ -40,12 +40,12 @@ def _add_cluster_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument("--k", default=None, help="number of clusters, or auto: the k `sweep` suggested")
     p.add_argument("--losses", default=None,
                    help="comma-separated: square,absolute,huber,pseudo_huber,correntropy,epsilon_insensitive")
-    p.add_argument("--normalize", choices=("l2", "none"), default=None,
+    p.add_argument("--normalize", default=None,
                    help="l2: unit-length rows (default); none: raw features, as the tutorial")
-    p.add_argument(f"--{prefix}seed", dest="cluster_seed", type=int, default=None, help="clustering seed")
-    p.add_argument("--n-init", type=int, default=None, help="k-means++ restarts; the lowest objective wins")
-    p.add_argument("--max-iter", type=int, default=None)
-    p.add_argument(f"--{prefix}device", dest="cluster_device", choices=("auto", "cpu", "cuda", "mps"), default=None)
+    p.add_argument(f"--{prefix}seed", dest="cluster_seed", default=None, help="clustering seed")
+    p.add_argument("--n-init", default=None, help="k-means++ restarts; the lowest objective wins")
+    p.add_argument("--max-iter", default=None, help="iterations per restart (default 100)")
+    p.add_argument(f"--{prefix}device", dest="cluster_device", default=None, help="auto | cpu | cuda | mps")
     p.add_argument("--param", action="append", default=[], metavar="LOSS=VALUE",
                    help="a loss parameter, a number or auto, e.g. --param huber=0.05 (repeatable)")
 
@@ -97,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(swp)
     swp.add_argument("--k", dest="k_range", default=None, help="range first:last[:step] (default 2:40)")
     swp.add_argument("--loss", default=None, help="comma-separated losses to sweep (default square)")
-    swp.add_argument("--normalize", choices=("l2", "none"), default=None)
-    swp.add_argument("--seed", dest="cluster_seed", type=int, default=None)
-    swp.add_argument("--n-init", type=int, default=None)
+    swp.add_argument("--normalize", default=None, help="l2 | none")
+    swp.add_argument("--seed", dest="cluster_seed", default=None)
+    swp.add_argument("--n-init", default=None)
     swp.add_argument("--param", action="append", default=[], metavar="LOSS=VALUE")
     swp.set_defaults(run=_run_sweep)
 
@@ -122,7 +122,7 @@ def _parse_params(items: list[str]) -> dict[str, str] | None:
     params = {}
     for item in items:
         loss, sep, value = item.partition("=")
-        if not sep or not value:
+        if not sep or not value.strip() or not loss.strip():
             raise UserError(f"--param {item!r}: write LOSS=VALUE, e.g. --param huber=0.05 or --param correntropy=auto")
         params[loss.strip()] = value.strip()
     return params or None
@@ -155,7 +155,14 @@ def _load(args: argparse.Namespace, extract: bool = False, cluster: bool = False
         params = _parse_params(args.param)
         if params:
             clu["params"] = params
-    return load_config(args.config, extract=ext, cluster=clu)
+    return load_config(args.config, extract=ext, cluster=clu, flags=_cluster_flags(args))
+
+
+def _cluster_flags(args: argparse.Namespace) -> dict[str, str]:
+    """`run` spells two cluster flags --cluster-seed and --cluster-device (extract has --seed, --device)."""
+    if args.command != "run":
+        return {}
+    return {"cluster.seed": "--cluster-seed", "cluster.device": "--cluster-device"}
 
 
 def _locked(args: argparse.Namespace, out: Path, create: bool = False):

@@ -26,10 +26,10 @@ from .config import ClusterConfig
 from .errors import UserError
 from .kmeans import GeneralizedKMeans
 from .layout import Layout
-from .losses import PARAM_NAME, pointwise_loss
+from .losses import PARAM_NAME, ParamScaleError, pointwise_loss
 from .tables import write_csv
 
-ENGINE_VERSION = 3  # bump when a change to the engine changes results, so caches refit
+ENGINE_VERSION = 4  # bump when a change to the engine changes results, so caches refit
 ASSIGNMENT_COLUMNS = ["path", "cluster", "loss_to_center"]
 
 
@@ -99,8 +99,8 @@ def cluster_run(out_dir: Path, cfg: ClusterConfig, *, log: Callable[[str], None]
     for loss in cfg.losses:
         cfg = replace(base, k=_resolve_k(out_dir, base, loss, embedded.fingerprint, log))
         if cfg.k > len(paths):
-            raise UserError(f"k={cfg.k} is larger than the {len(paths)} embedded images in {out_dir}; "
-                            "pass a smaller --k")
+            raise UserError(f"{base.origin('k')}: k={cfg.k} is larger than the {len(paths)} embedded images "
+                            f"in {out_dir}; choose a smaller k")
         fingerprint = _fingerprint(embedded.fingerprint, cfg, loss)
         previous = read_summary(out_dir, loss)
         if not force and previous is not None and previous.get("fingerprint") == fingerprint \
@@ -163,6 +163,8 @@ def _fit_one(features: np.ndarray, paths: list[str], cfg: ClusterConfig, loss: s
             model = GeneralizedKMeans(n_clusters=cfg.k, loss=loss, param=param, n_init=cfg.n_init,
                                       max_iter=cfg.max_iter, seed=cfg.seed, device=cfg.device,
                                       on_iteration=progress).fit(features)
+    except ParamScaleError as exc:  # the engine knows the data, the config knows where the value was set
+        raise UserError(f"{cfg.origin(f'params.{loss}')}: {exc}") from None
     except ValueError as exc:  # the engine's validation messages are written for users
         raise UserError(f"cluster ({loss}): {exc}") from None
     seconds = time.perf_counter() - started

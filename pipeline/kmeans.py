@@ -120,7 +120,9 @@ class GeneralizedKMeans:
     loss : square | absolute | huber | pseudo_huber | correntropy | epsilon_insensitive.
     param : the loss's parameter (delta, sigma or epsilon): a positive number, or "auto"
         (default) to derive it from the data's scale (`losses.auto_param` on the
-        residuals of a square-loss fit). Ignored by square and absolute.
+        residuals of a square-loss fit). Ignored by square and absolute. A number more
+        than 1e4 times smaller or larger than the data's scale (`losses.data_scale`) is
+        refused with `losses.ParamScaleError`; auto values are kept inside that range.
     init : "k-means++" (default) or a (k, d) array of initial centers (then n_init = 1).
     n_init, max_iter, tol, seed, device : restarts, outer iterations per restart,
         relative objective change that counts as converged, random seed, torch device.
@@ -162,6 +164,7 @@ class GeneralizedKMeans:
             if best is None or result[2] < best[2]:
                 best = result
         labels, centers, objective, n_iter, converged = self._polish(Xt, best, param)
+        self._check_filled(labels, objective)
         self.labels_ = labels.cpu().numpy()
         self.cluster_centers_ = centers.cpu().numpy()
         self.objective_ = float(objective)
@@ -209,27 +212,45 @@ class GeneralizedKMeans:
     def _resolve_param(self, X: torch.Tensor, explicit: torch.Tensor | None) -> float | None:
         if self.loss not in PARAM_NAME:
             return None
+        scale = L.data_scale(X, self.loss)
         if self.param != "auto":
-            return L.validate_param(self.loss, self.param)
+            return L.check_param_scale(self.loss, L.validate_param(self.loss, self.param), scale)
         # The scale comes from the residuals of a short square-loss fit of the same data.
         if explicit is not None:
             C0 = explicit.to(X.device)
         else:
             C0 = X[kmeans_plus_plus(X, self.n_clusters, np.random.default_rng([self.seed, 0]))].clone()
         labels, centers, *_ = self._lloyd(X, C0, None, loss="square", max_iter=min(self.max_iter, 20))
-        return L.auto_param(X, centers, labels, self.loss)
+        return L.clamp_to_range(L.auto_param(X, centers, labels, self.loss), scale)
 
     def _reseed_empty(self, X, C, labels, loss, param) -> torch.Tensor:
-        """Empty clusters move to the points with the largest loss to their center."""
+        """Empty clusters move to the points with the largest loss to their center.
+
+        Ties (a saturated or flat loss gives many points the same cost) go to the point
+        farthest from its center, so a new center never lands on an old one.
+        """
         counts = torch.bincount(labels, minlength=C.shape[0])
         empty = torch.nonzero(counts == 0).flatten()
         if len(empty) == 0:
             return C
         cost = L.loss_to_centers(X, C, labels, loss, param)
-        far = torch.topk(cost, len(empty)).indices
+        distance = L.loss_to_centers(X, C, labels, "square", None)
+        by_distance = torch.argsort(distance, descending=True, stable=True)
+        order = by_distance[torch.argsort(cost[by_distance], descending=True, stable=True)]
         C = C.clone()
-        C[empty] = X[far]
+        C[empty] = X[order[:len(empty)]]
         return C
+
+    def _check_filled(self, labels: torch.Tensor, objective: float) -> None:
+        """A fit with an empty cluster or a NaN objective must not pass for a result."""
+        empty = int((torch.bincount(labels, minlength=self.n_clusters) == 0).sum())
+        if empty:
+            raise LossInputError(f"{self.loss}: {empty} of the k={self.n_clusters} clusters stayed empty "
+                                 "(too few distinct points for k, or every point costs the same to every "
+                                 "center); choose a smaller k or another parameter")
+        if not math.isfinite(objective):
+            raise LossInputError(f"{self.loss}: the objective is {objective} (the loss overflowed on these "
+                                 "features); use param auto or rescale the features")
 
     def _lloyd(self, X, C, param, loss=None, max_iter=None):
         loss = loss or self.loss

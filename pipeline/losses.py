@@ -17,7 +17,8 @@ Notation: `r = x - mu` (a residual vector), `d = ||r||_2`.
 | epsilon_insensitive   | max(0, d - epsilon)                           | epsilon   |
 
 Public functions: `pointwise_loss`, `cost_matrix`, `assign`, `loss_to_centers`,
-`cluster_objectives`, `update_centers`, `polish_centers`, `auto_param`, `validate_param`.
+`cluster_objectives`, `update_centers`, `polish_centers`, `auto_param`, `validate_param`,
+`data_scale`, `check_param_scale`.
 No function loops in Python over points or point-center pairs: work is done in row
 chunks (and center chunks) whose size is bounded by `max_chunk_bytes`.
 """
@@ -52,6 +53,11 @@ MAD_TO_SIGMA = 1.4826  # MAD * 1.4826 estimates the standard deviation of Gaussi
 EPSILON_QUANTILE = 0.1
 AUTO_MAX_ROWS = 16384  # 16384 x 512 float64 residuals: 64 MB
 
+# A parameter more than this many times smaller or larger than the data's scale turns
+# every loss into a degenerate one (all points saturated, or float32 over/underflow):
+# no clustering needs it, so it is refused rather than fitted.
+PARAM_SCALE_RANGE = 1e4
+
 # Inner-step defaults of update_centers per loss (the engine's outer loop keeps going, so
 # a few majorize-minimize steps per outer iteration suffice).
 DEFAULT_INNER_STEPS = {"huber": 3, "pseudo_huber": 3, "correntropy": 5, "epsilon_insensitive": 3}
@@ -60,6 +66,10 @@ DEFAULT_INNER_STEPS = {"huber": 3, "pseudo_huber": 3, "correntropy": 5, "epsilon
 class LossInputError(UserError, ValueError):
     """Bad loss name, parameter or input array. A ValueError for library callers and a
     UserError so the CLI prints it as one line."""
+
+
+class ParamScaleError(LossInputError):
+    """A loss parameter far outside the data's scale (callers may say where it was set)."""
 
 
 # ----------------------------------------------------------------------------- validation
@@ -181,7 +191,8 @@ def _coordinate_cost_block(Xc: torch.Tensor, C: torch.Tensor, loss: str, param: 
         return torch.cdist(Xc, C, p=1.0)
     out = torch.empty(Xc.shape[0], C.shape[0], dtype=Xc.dtype, device=Xc.device)
     budget = (_CPU_BLOCK_BYTES if _is_cpu(Xc.device) else DEFAULT_MAX_CHUNK_BYTES) // Xc.element_size()
-    per_block = max(1, min(C.shape[0], budget // max(1, Xc.shape[0] * Xc.shape[1])))
+    temporaries = 2 if loss == "pseudo_huber" else 1  # residuals and the denominator
+    per_block = max(1, min(C.shape[0], budget // max(1, Xc.shape[0] * Xc.shape[1] * temporaries)))
     for cs in _row_slices(C.shape[0], per_block):
         out[:, cs] = _fast_coordinate_costs(Xc, C[cs], loss, param)
     return out
@@ -190,15 +201,17 @@ def _coordinate_cost_block(Xc: torch.Tensor, C: torch.Tensor, loss: str, param: 
 def _fast_coordinate_costs(Xc: torch.Tensor, Cb: torch.Tensor, loss: str, param: float) -> torch.Tensor:
     """(rows, centers) sums of huber or pseudo-huber over coordinates, with as few passes
     over the rows x centers x d block as torch allows (this is the engine's hot loop):
-    huber through torch's fused kernel; pseudo-huber as delta^2 (sqrt(1 + u^2) - 1) in
-    place, which loses digits for residuals far below delta (relative error ~1e-7 in
-    float32), harmless for choosing a center; `pointwise_loss` keeps the exact form."""
+    huber through torch's fused kernel; pseudo-huber in the cancellation-free form
+    r^2 / (1 + sqrt(1 + u^2)) of `coordinate_loss` (delta^2 (sqrt(1 + u^2) - 1) rounds
+    to 0 in float32 once u^2 < 1e-7, i.e. delta above ~3000 residuals: every center
+    then costs 0 and all points fall into the first cluster)."""
     shape = (Xc.shape[0], Cb.shape[0], Xc.shape[1])
     if loss == "huber":
         return torch.nn.functional.huber_loss(Xc[:, None, :].expand(shape), Cb[None, :, :].expand(shape),
                                               reduction="none", delta=param).sum(-1)
-    r = Xc[:, None, :] - Cb[None, :, :]
-    return r.square_().mul_(1.0 / (param * param)).add_(1.0).sqrt_().sub_(1.0).sum(-1).mul_(param * param)
+    r2 = (Xc[:, None, :] - Cb[None, :, :]).square_()
+    denominator = torch.mul(r2, 1.0 / (param * param)).add_(1.0).sqrt_().add_(1.0)
+    return r2.div_(denominator).sum(-1)
 
 
 def _cost_rows(X: torch.Tensor, k: int, loss: str, max_chunk_bytes: int) -> int:
@@ -492,6 +505,44 @@ def polish_centers(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, epsil
 
 
 # ----------------------------------------------------------------------------- parameter scale
+
+def data_scale(X: torch.Tensor, loss: str, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> float:
+    """The features' spread in the units of `loss`'s parameter: the RMS distance of the
+    rows to their mean, per coordinate for huber and pseudo_huber (their delta applies to
+    each coordinate). 1.0 when every row is the same: any parameter then gives the same
+    clusters, and the range around 1 still keeps the arithmetic finite."""
+    acc = _accumulator_dtype(X.device)
+    n, d = X.shape
+    rows = _pass_rows(X, max_chunk_bytes)
+    mean = sum(X[s].to(acc).sum(0) for s in _row_slices(n, rows)) / n
+    spread = sum(float(((X[s].to(acc) - mean) ** 2).sum()) for s in _row_slices(n, rows))
+    per = n * d if loss in ("huber", "pseudo_huber") else n
+    scale = math.sqrt(spread / per)
+    return scale if math.isfinite(scale) and scale > 0 else 1.0
+
+
+def param_range(scale: float) -> tuple[float, float]:
+    """The usable parameter values for data of this scale."""
+    return scale / PARAM_SCALE_RANGE, scale * PARAM_SCALE_RANGE
+
+
+def check_param_scale(loss: str, value: float, scale: float) -> float:
+    """`value` if it lies within PARAM_SCALE_RANGE of the data's scale, else a
+    ParamScaleError naming the parameter, its value and the usable range."""
+    low, high = param_range(scale)
+    if low <= value <= high:
+        return value
+    unit = "RMS spread per coordinate" if loss in ("huber", "pseudo_huber") else "RMS distance to their mean"
+    raise ParamScaleError(
+        f"{PARAM_NAME[loss]} = {value:g} is outside the usable range {low:.3g} to {high:.3g} for these features "
+        f"({1 / PARAM_SCALE_RANGE:g} to {PARAM_SCALE_RANGE:g} times their {unit}, {scale:.3g}); "
+        "choose a value in that range, or auto")
+
+
+def clamp_to_range(value: float, scale: float) -> float:
+    low, high = param_range(scale)
+    return min(max(value, low), high)
+
 
 def auto_param(X: torch.Tensor, C: torch.Tensor, labels: torch.Tensor, loss: str) -> float | None:
     """A parameter on the data's own scale, from the residuals of a (square-loss) fit.

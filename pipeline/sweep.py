@@ -117,7 +117,13 @@ def sweep_features(X: np.ndarray, ks: list[int], loss: str, cfg: ClusterConfig, 
         # One parameter for the whole sweep, so the curve compares like with like: the
         # configured number, or auto's value at the configured k.
         reference_k = min(max(cfg.k, 2), len(X) - 1) if cfg.k != "auto" else ks[len(ks) // 2]
-        param = setting if setting != "auto" else auto_param_at(Xt, reference_k, loss, cfg.seed)
+        if setting == "auto":
+            param = auto_param_at(Xt, reference_k, loss, cfg.seed)
+        else:  # checked here too: the silhouette's cost matrix comes before any fit
+            try:
+                param = L.check_param_scale(loss, setting, L.data_scale(Xt, loss))
+            except L.ParamScaleError as exc:
+                raise UserError(f"{cfg.origin(f'params.{loss}')}: {exc}") from None
     rng = np.random.default_rng([cfg.seed, 7])
     sample = np.sort(rng.choice(len(X), min(len(X), SILHOUETTE_SAMPLE), replace=False))
     S = Xt[torch.from_numpy(sample).to(device)]
