@@ -30,8 +30,11 @@ CLUSTER_ARGS = ["--k", "2", "--losses", "square,huber", "--n-init", "1"]
 VOLATILE_SUMMARY_KEYS = ("seconds", "device")
 
 
-def _child(argv: list[str], env: dict[str, str]) -> None:
+def _child(argv: list[str], env: dict[str, str], stderr: str | None) -> None:
     os.environ.update(env)
+    if stderr:
+        fd = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(fd, 2)
     from pipeline import faults
     from pipeline.cli import main
 
@@ -45,11 +48,11 @@ def runner():
     ctx.set_forkserver_preload(["torch", "torchvision", "pandas", "PIL.Image", "pipeline.cli", "pipeline.extract",
                                 "pipeline.cluster", "pipeline.render", "pipeline.report", "pipeline.export"])
 
-    def run(argv: list[str], kill_at: int | None = None, log: Path | None = None) -> int:
+    def run(argv: list[str], kill_at: int | None = None, log: Path | None = None, stderr: Path | None = None) -> int:
         env = {"PHOTOCLUST_KILL_AT": str(kill_at)} if kill_at else {}
         if log is not None:
             env["PHOTOCLUST_FAULT_LOG"] = str(log)
-        process = ctx.Process(target=_child, args=([str(a) for a in argv], env))
+        process = ctx.Process(target=_child, args=([str(a) for a in argv], env, str(stderr) if stderr else None))
         process.start()
         process.join(120)
         assert process.exitcode is not None, f"{argv} hung"
@@ -223,3 +226,62 @@ def test_export_killed_at_every_write_point_gives_the_clean_folders(runner, extr
             assert not leftovers(target), name
     photos_after = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
     assert len([p for p in photos_after if p.endswith((".jpg", ".png"))]) == 3  # the photos are untouched
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MB filesystem (tmpfs), when this machine lets the tests mount one (root)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root and permission to mount")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """Fill `disk` until `leave` bytes are free; returns the filler file."""
+    filler = disk / "filler"
+    free = shutil.disk_usage(disk).free
+    with open(filler, "wb") as fh:
+        fh.write(b"\0" * max(0, free - leave))
+    return filler
+
+
+def test_disk_full_and_read_only_on_a_real_filesystem(runner, photos, small_disk, tmp_path):
+    import subprocess
+
+    _, folder, _, hidden = photos
+    out = small_disk / "out"
+    assert runner(["extract", folder, "--out", out, *ARGS]) == 0
+    before = {name: (out / name).read_bytes() for name in ("features.npy", "manifest.csv", "features.json")}
+    # A new photo, and no room for the commit: one line, exit 1, the old cache intact, no temporary file.
+    shutil.copy2(hidden, folder / "new.png")
+    try:
+        filler = _fill(small_disk, 4096)
+        assert runner(["extract", folder, "--out", out, *ARGS], stderr=tmp_path / "err") == 1
+        last = (tmp_path / "err").read_text().splitlines()[-1]
+        assert last.startswith("photoclust: error: ") and "No space left on device" in last and "free some" in last
+        assert {name: (out / name).read_bytes() for name in before} == before
+        assert not leftovers(out)
+        filler.unlink()
+        assert runner(["extract", folder, "--out", out, *ARGS]) == 0
+        assert not (out / "journal").exists()
+        clean = tmp_path / "clean"
+        assert runner(["extract", folder, "--out", clean, *ARGS]) == 0
+        assert (out / "features.npy").read_bytes() == (clean / "features.npy").read_bytes()
+        assert (out / "manifest.csv").read_bytes() == (clean / "manifest.csv").read_bytes()
+    finally:
+        (folder / "new.png").unlink()
+    # Read-only: cluster and render stop with one line (exit 1) and change nothing.
+    assert runner(["extract", folder, "--out", out, *ARGS]) == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    listing = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    for stage in (["cluster", "--k", "2", "--losses", "square"], ["render"], ["extract", folder, *ARGS]):
+        assert runner([stage[0], *stage[1:], "--out", out], stderr=tmp_path / "err") == 1, stage
+        text = (tmp_path / "err").read_text()
+        assert text.count("photoclust: error:") == 1 and "Read-only file system" in text and "Traceback" not in text
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == listing
