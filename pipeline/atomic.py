@@ -36,15 +36,16 @@ def fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path, mode: str = "wb", **open_args: Any) -> Iterator[IO]:
-    """`with atomic_open(p, "w", encoding="utf-8") as fh:` writes p only if the block ends normally."""
+def atomic_path(path: Path) -> Iterator[Path]:
+    """`with atomic_path(p) as tmp:` fill the file `tmp` (any way you like); it becomes `p`
+    only if the block ends normally, and is removed otherwise."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:80]}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, **open_args) as fh:
-            yield fh
-            fh.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         faults.point(f"rename {path.name}")
         os.replace(tmp, path)
@@ -56,6 +57,22 @@ def atomic_open(path: Path, mode: str = "wb", **open_args: Any) -> Iterator[IO]:
         raise
     fsync_dir(path.parent)
     faults.point(f"written {path.name}")
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "wb", **open_args: Any) -> Iterator[IO]:
+    """`with atomic_open(p, "w", encoding="utf-8") as fh:` writes p only if the block ends normally."""
+    with atomic_path(path) as tmp, open(tmp, mode, **open_args) as fh:
+        yield fh
+
+
+def copy_file(source: Path, destination: Path) -> None:
+    """A copy with the source's times and mode that never exists half-written under its name."""
+    import shutil
+
+    with atomic_path(destination) as tmp:
+        shutil.copyfile(source, tmp)
+        shutil.copystat(source, tmp)
 
 
 def write_bytes(path: Path, data: bytes) -> None:

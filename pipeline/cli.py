@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .layout import Layout
 
 
 def _default_out(photos: str) -> Path:
@@ -219,7 +220,7 @@ def _run_cluster(args: argparse.Namespace) -> int:
     cfg, out = _load(args, cluster=True), _out(args)
     with _locked(args, out):
         fitted = _cluster(cfg, out, force=args.force)
-    if fitted and (out / "index.html").is_file():
+    if fitted and Layout(out).index.is_file():
         from .report import write_index
 
         with _locked(args, out):
@@ -282,7 +283,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     best = result.table.sort_values("nmi", ascending=False).iloc[0]
     print(f"best NMI: {best['loss']} ({best['nmi']:.3f}); {int(best['labelled'])} labelled photos in "
           f"{int(best['classes'])} classes -> {out}/evaluation.csv")
-    if (out / "index.html").is_file():
+    if Layout(out).index.is_file():
         with _locked(args, out):
             write_index(out)
     return 0

@@ -11,8 +11,8 @@ Nothing of the user's is ever removed or overwritten:
   written before the first file is made. A re-export removes only recorded files that
   are still exactly what it made, and a `cluster_*` folder only once it is empty: a
   file or folder the user added stays;
-- copies are written under a temporary name and renamed, so a file never exists half
-  copied under its final name. A killed export, run again, gives the same folders.
+- copies are written under a temporary name and renamed (atomic.copy_file), so a file
+  never exists half copied under its final name. A killed export, run again, gives the same folders.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,21 +129,6 @@ def _prepare_target(target: Path) -> list[dict]:
     return _read_record(target) or []
 
 
-def _copy(source: Path, destination: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name[:80]}.", suffix=atomic.TEMP_SUFFIX,
-                               dir=destination.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        shutil.copystat(source, tmp)
-        faults.point(f"rename copy {destination.name}")
-        os.replace(tmp, destination)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def export_clusters(out_dir: Path, loss: str, target: Path, copy: bool = False) -> ExportReport:
     out_dir, target = Path(out_dir), Path(target)
     layout = Layout(out_dir)
@@ -187,7 +170,7 @@ def export_clusters(out_dir: Path, loss: str, target: Path, copy: bool = False) 
             destination = target / entry["path"]
             destination.parent.mkdir(exist_ok=True)
             if copy:
-                _copy(Path(entry["source"]), destination)
+                atomic.copy_file(Path(entry["source"]), destination)
             else:
                 faults.point(f"link {destination.name}")
                 os.symlink(entry["source"], destination)

@@ -29,6 +29,7 @@ from .cache import OK, load_embedded, read_manifest, read_source
 from .cluster import check_current
 from .images import UnreadableImage, thumbnail
 from .layout import Layout
+from .tables import display_name
 from .represent import clustered_losses, read_assignments, represent_run
 
 THUMB_PX = 160
@@ -118,7 +119,8 @@ def tile(thumb: Image.Image | None, lines: list[str], face: ImageFont.ImageFont,
             draw.rectangle([x - 4, y - 4, x + thumb.width + 3, y + thumb.height + 3], outline=MARK, width=4)
     for i, line in enumerate(lines):
         color = INK if i == 0 else MUTED
-        draw.text((PAD, size + 2 * PAD + i * line_height - 2), shorten(line, face, size), fill=color, font=face)
+        draw.text((PAD, size + 2 * PAD + i * line_height - 2), shorten(display_name(line), face, size), fill=color,
+                  font=face)
     return cell
 
 

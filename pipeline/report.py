@@ -19,7 +19,7 @@ from .cluster import read_summary
 from .errors import UserError
 from .layout import Layout
 from .represent import clustered_losses
-from .tables import read_frame
+from .tables import display_name, read_frame
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em; color: #222; }
@@ -28,6 +28,11 @@ table { border-collapse: collapse; margin: .5em 0; } td, th { padding: .2em .7em
 img.sheet { max-width: 100%; border: 1px solid #ddd; }
 .muted { color: #777; } code { background: #f4f4f4; padding: 0 .25em; }
 """
+
+
+def shown(name) -> str:
+    """A file name from the data, as HTML text."""
+    return escape(display_name(str(name)))
 
 
 def href(relative: str) -> str:
@@ -54,8 +59,8 @@ def _loss_section(layout: Layout, loss: str, fingerprint: str | None) -> str:
 
     rows = "".join(
         f"<tr><td>{sheet_link(int(r.cluster))}</td>"
-        f"<td>{int(r.size)}</td><td>{escape(str(r.representative))}</td><td>{float(r.representative_loss):.4g}</td>"
-        f"<td>{escape(str(r.outliers).replace('|', ', '))}</td></tr>"
+        f"<td>{int(r.size)}</td><td>{shown(r.representative)}</td><td>{float(r.representative_loss):.4g}</td>"
+        f"<td>{shown(str(r.outliers).replace('|', ', '))}</td></tr>"
         for r in reps.itertuples())
     sheet = layout.representatives_sheet(loss)
     # Link only what exists: `cluster` or `evaluate` may rewrite the page before `render` ran.
@@ -103,8 +108,8 @@ def _evaluation_section(layout: Layout) -> str:
                       for r in table.itertuples() if layout.confusion(r.loss).is_file())
     labelled = int(table["labelled"].iloc[0]) if len(table) else 0
     return (f"<h2 id=evaluation>Against the labels</h2><p>{labelled} labelled photos. "
-            "<a href=\"evaluation.csv\">evaluation.csv</a> · "
-            "<a href=\"evaluation_agreement.csv\">agreement between the losses (ARI)</a></p>"
+            f"<a href=\"{href(layout.relative(layout.evaluation))}\">evaluation.csv</a> · "
+            f"<a href=\"{href(layout.relative(layout.agreement))}\">agreement between the losses (ARI)</a></p>"
             "<table><tr><th>loss</th><th>k</th><th>NMI</th><th>ARI</th><th>accuracy</th><th>purity</th></tr>"
             f"{rows}</table><p>{figures}</p>")
 
@@ -126,14 +131,14 @@ def write_index(out_dir: Path, title: str | None = None) -> Path:
     comparison = (f"<h2>All losses side by side</h2><p><img class=sheet src=\"{href('sheets/losses.png')}\" "
                   "alt=\"representatives under each loss\"></p>") if layout.losses_sheet.is_file() else ""
     unreadable = ("<h2 id=unreadable>Files that could not be read</h2><table><tr><th>file</th><th>reason</th></tr>"
-                  + "".join(f"<tr><td>{escape(e.path)}</td><td>{escape(e.reason)}</td></tr>" for e in bad)
+                  + "".join(f"<tr><td>{shown(e.path)}</td><td>{shown(e.reason)}</td></tr>" for e in bad)
                   + "</table>") if bad else "<p class=muted>Every image file was read.</p>"
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{shown(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
 <body>
-<h1>{escape(title)}</h1>
-<p>{ok} photos embedded, {len(bad)} unreadable (<a href="manifest.csv">manifest.csv</a>).
+<h1>{shown(title)}</h1>
+<p>{ok} photos embedded, {len(bad)} unreadable (<a href="{href(layout.relative(layout.manifest))}">manifest.csv</a>).
 Clustered under: {nav or '<span class=muted>nothing yet</span>'}.</p>
 {comparison}
 {_evaluation_section(layout)}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -36,6 +37,13 @@ def unescape_cell(value):
     if isinstance(value, str) and value.startswith("'"):
         return value[1:]
     return value
+
+
+def display_name(text: str) -> str:
+    """A file name as a person reads it (sheets, index.html): bytes that are not UTF-8 and
+    control characters such as a line feed become U+FFFD; the CSVs keep the exact name."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return "".join("\ufffd" if unicodedata.category(c) == "Cc" else c for c in text)
 
 
 def _cell(value, float_format: str | None):
