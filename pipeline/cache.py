@@ -64,12 +64,10 @@ def key_id(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (sha1 for the manifest's photos, sha256 for the commit record)."""
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, algorithm).hexdigest()
 
 
 def _empty() -> tuple[list[Entry], np.ndarray]:
@@ -163,10 +161,10 @@ def load_cache(out_dir: Path) -> tuple[list[Entry], np.ndarray]:
     except (OSError, ValueError, KeyError, TypeError):
         raise CacheDamaged(f"{layout.record.name} is unreadable") from None
     for path, name in pairs:
-        if path.is_file() and file_sha256(path) == expected[name]:
+        if path.is_file() and file_digest(path) == expected[name]:
             continue
         pending = _pending(path)
-        if pending.is_file() and file_sha256(pending) == expected[name]:
+        if pending.is_file() and file_digest(pending) == expected[name]:
             atomic.replace(pending, path)  # the commit was interrupted after its record: finish it
             continue
         state = "is missing" if not path.exists() else "was changed or damaged after it was written"
@@ -232,8 +230,8 @@ def write_cache(out_dir: Path, entries: list[Entry], features: np.ndarray) -> No
     atomic.save_npy(_pending(layout.features), features)
     write_csv(_pending(layout.manifest), MANIFEST_COLUMNS, [astuple(e) for e in entries])
     record = {"format": RECORD_FORMAT, "rows": len(entries),
-              "features_sha256": file_sha256(_pending(layout.features)),
-              "manifest_sha256": file_sha256(_pending(layout.manifest))}
+              "features_sha256": file_digest(_pending(layout.features)),
+              "manifest_sha256": file_digest(_pending(layout.manifest))}
     atomic.write_text(layout.record, json.dumps(record, indent=2) + "\n")  # the commit point
     atomic.replace(_pending(layout.features), layout.features)
     atomic.replace(_pending(layout.manifest), layout.manifest)

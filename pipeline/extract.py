@@ -7,7 +7,6 @@ interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,8 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from .cache import (FEATURE_DIM, OK, UNREADABLE, CacheDamaged, Entry, Journal, activate_key, key_id, load_cache,
-                    set_aside, write_cache, write_source)
+from .cache import (FEATURE_DIM, OK, UNREADABLE, CacheDamaged, Entry, Journal, activate_key, file_digest, key_id,
+                    load_cache, set_aside, write_cache, write_source)
 from .config import ExtractConfig
 from .errors import UserError
 from .images import IMAGE_EXTENSIONS, UnreadableImage, open_rgb, scan_images
@@ -82,14 +81,6 @@ def to_network_pixels(image: PIL.Image.Image, pre: Preprocess, resize: str) -> t
     return TF.pil_to_tensor(image)
 
 
-def file_sha1(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class PhotoDataset(Dataset):
     """Decodes in DataLoader workers so the model never waits on JPEG decoding."""
 
@@ -104,7 +95,7 @@ class PhotoDataset(Dataset):
     def __getitem__(self, index: int):
         path = self.paths[index]
         try:
-            sha1 = file_sha1(path)
+            sha1 = file_digest(path, "sha1")
         except OSError as exc:
             return index, None, "", f"cannot read: {exc.strerror or exc}"
         try:
