@@ -2,8 +2,8 @@
 
 A second run on the same folder waits, saying so, or with `wait=False` (`--no-wait`) stops
 at once with one line. The lock is re-entrant inside a thread (`run` holds it across its
-stages); another thread of the same process waits like another process would. The kernel drops it when the process dies, so a killed run never leaves the
-folder locked.
+stages); another thread of the same process waits like another process would. The kernel
+drops it when the process dies, so a killed run never leaves the folder locked.
 """
 
 from __future__ import annotations
