@@ -4,13 +4,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.photoclust-installed
 
+# $(call q,TEXT): TEXT as one shell word, whatever it holds (spaces, quotes, $).
+q = '$(subst ','\'',$(1))'
+
 PHOTOS ?= data/sample
-OUT ?= outputs/$(notdir $(abspath $(PHOTOS)))
+# outputs/<name of the photo folder>, as `photoclust extract` itself defaults to; worked
+# out by the shell because make's own path functions split a name at its spaces.
+ifeq ($(origin OUT),undefined)
+OUT := outputs/$(shell p=$(call q,$(PHOTOS)); cd -- "$$p" 2>/dev/null && p=$$(pwd -P); basename -- "$$p")
+endif
 CONFIG ?= pipeline.toml
 # Optional overrides passed to the cluster stage, e.g. `make cluster K=6 LOSSES=square,huber`.
 K ?=
 LOSSES ?=
-CLUSTER_ARGS := --config $(CONFIG) $(if $(K),--k $(K)) $(if $(LOSSES),--losses $(LOSSES))
+CLUSTER_ARGS = --config $(call q,$(CONFIG)) $(if $(K),--k $(call q,$(K))) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
 
 .PHONY: install run features cluster represent sheets sweep evaluate export check-html test bench bench-extract \
 	bench-cluster bench-robust sample-data clean
@@ -32,33 +39,33 @@ $(STAMP): pyproject.toml pipeline/oxford-weights.txt
 run: features cluster represent sheets
 
 features: $(STAMP)
-	$(PY) -m pipeline extract $(PHOTOS) --out $(OUT) --config $(CONFIG)
+	$(PY) -m pipeline extract $(call q,$(PHOTOS)) --out $(call q,$(OUT)) --config $(call q,$(CONFIG))
 
 cluster: $(STAMP)
-	$(PY) -m pipeline cluster --out $(OUT) $(CLUSTER_ARGS)
+	$(PY) -m pipeline cluster --out $(call q,$(OUT)) $(CLUSTER_ARGS)
 
 represent: $(STAMP)
-	$(PY) -m pipeline represent --out $(OUT) $(if $(LOSSES),--losses $(LOSSES))
+	$(PY) -m pipeline represent --out $(call q,$(OUT)) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
 
 sheets: $(STAMP)
-	$(PY) -m pipeline render --out $(OUT) $(if $(LOSSES),--losses $(LOSSES))
+	$(PY) -m pipeline render --out $(call q,$(OUT)) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
 
 # make sweep [KS=2:40] [LOSSES=square,huber]: objective and silhouette per k, a suggested k
 sweep: $(STAMP)
-	$(PY) -m pipeline sweep --out $(OUT) --config $(CONFIG) $(if $(KS),--k $(KS)) $(if $(LOSSES),--loss $(LOSSES))
+	$(PY) -m pipeline sweep --out $(call q,$(OUT)) --config $(call q,$(CONFIG)) $(if $(KS),--k $(call q,$(KS))) $(if $(LOSSES),--loss $(call q,$(LOSSES)))
 
 # make evaluate [LABELS=labels.csv]: NMI, ARI, accuracy, purity per loss
 evaluate: $(STAMP)
-	$(PY) -m pipeline evaluate --out $(OUT) $(if $(LABELS),--labels $(LABELS))
+	$(PY) -m pipeline evaluate --out $(call q,$(OUT)) $(if $(LABELS),--labels $(call q,$(LABELS)))
 
 # make export LOSS=huber TO=~/sorted [COPY=1]
 export: $(STAMP)
-	$(PY) -m pipeline export --out $(OUT) --loss $(or $(LOSS),square) --to $(or $(TO),$(OUT)/export) $(if $(COPY),--copy)
+	$(PY) -m pipeline export --out $(call q,$(OUT)) --loss $(call q,$(or $(LOSS),square)) --to $(call q,$(or $(TO),$(OUT)/export)) $(if $(COPY),--copy)
 
 # Opens index.html in headless Chromium and fails on any image that does not load
 # (needs Debian's chromium: apt-get install chromium).
 check-html: $(STAMP)
-	$(PY) tests/check_html.py $(OUT)/index.html
+	$(PY) tests/check_html.py $(call q,$(OUT)/index.html)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -66,7 +73,7 @@ test: $(STAMP)
 bench: bench-extract bench-cluster bench-robust
 
 bench-extract: $(STAMP)
-	$(PY) benchmarks/bench_extract.py --photos $(PHOTOS)
+	$(PY) benchmarks/bench_extract.py --photos $(call q,$(PHOTOS))
 
 bench-cluster: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]' >/dev/null
@@ -74,11 +81,11 @@ bench-cluster: $(STAMP)
 
 # Needs the sample's features (make features); adds junk images and scores every loss.
 bench-robust: $(STAMP)
-	$(PY) benchmarks/bench_robust.py --photos $(PHOTOS) --out $(OUT)
+	$(PY) benchmarks/bench_robust.py --photos $(call q,$(PHOTOS)) --out $(call q,$(OUT))
 
 # Rebuild data/sample from Debian's tuxpaint-stamps-default (apt-get install it first).
 sample-data: $(STAMP)
 	$(PY) data/build_sample.py
 
 clean:
-	rm -rf $(OUT)
+	rm -rf -- $(call q,$(OUT))

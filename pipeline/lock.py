@@ -1,9 +1,9 @@
 """One run at a time per output folder: an advisory lock (fcntl.flock) on .photoclust.lock.
 
 A second run on the same folder waits, saying so, or with `wait=False` (`--no-wait`) stops
-at once with one line. The lock is re-entrant inside a process (`run` holds it across its
-stages) and the kernel drops it when the process dies, so a killed run never leaves the
-folder locked.
+at once with one line. The lock is re-entrant inside a thread (`run` holds it across its
+stages); another thread of the same process waits like another process would. The kernel
+drops it when the process dies, so a killed run never leaves the folder locked.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from .atomic import remove_stale_temporaries, write_text
 from .errors import UserError
 from .layout import Layout
 
-_held: dict[str, tuple[int, int]] = {}  # real path of the lock file -> (fd, depth)
+_held: dict[tuple[int, str], tuple[int, int]] = {}  # (thread, real path of the lock file) -> (fd, depth)
 
 
 @contextlib.contextmanager
@@ -33,7 +34,7 @@ def output_lock(out_dir: Path, *, wait: bool = True, create: bool = True, marker
             write_text(layout.marker, "photoclust output folder: photoclust never reads photos from here\n")
     elif not layout.root.is_dir():
         raise UserError(f"--out {out_dir}: no such output folder; run `photoclust extract PHOTOS --out {out_dir}` first")
-    key = os.path.realpath(layout.lock)
+    key = (threading.get_ident(), os.path.realpath(layout.lock))
     if key in _held:
         fd, depth = _held[key]
         _held[key] = (fd, depth + 1)

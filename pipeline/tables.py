@@ -82,6 +82,7 @@ def read_frame(path: Path, text_columns: Sequence[str] = ()) -> pd.DataFrame:
     frame = pd.read_csv(path, dtype={c: str for c in text_columns}, keep_default_na=False, **{
         "encoding": ENCODING["encoding"], "encoding_errors": ENCODING["errors"]})
     for column in frame.columns:
-        if frame[column].dtype == object:
+        # object under pandas 2, the string dtype ("str") under pandas 3: both hold the text cells
+        if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column].dtype):
             frame[column] = frame[column].map(unescape_cell)
     return frame
