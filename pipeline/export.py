@@ -120,7 +120,7 @@ def _remove_earlier_export(target: Path, recorded: list[dict], report: ExportRep
 
 def _prepare_target(target: Path) -> list[dict]:
     """Make sure `target` may be written; returns what an earlier export recorded there."""
-    if target.is_dir() and any(p.name not in (MARKER, ".photoclust.lock") for p in target.iterdir()):
+    if target.is_dir() and any(p.name != MARKER for p in target.iterdir()):
         recorded = _read_record(target)
         if recorded is None:
             raise UserError(f"--to {target}: folder is not empty and is not an earlier photoclust export; "

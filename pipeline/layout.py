@@ -1,7 +1,6 @@
 """Where everything lives in an output folder: the one place that knows its paths.
 
   .photoclust-output   marks the folder as ours (finding photos never descends into it)
-  .photoclust.lock     the advisory lock every stage holds while it works
   features.npy, manifest.csv, features.json (the record that vouches for both), cache_key.json,
   journal/, cache/<key id>/, source.json                      stage 1, see cache.py
   clusters/<loss>/{assignments.csv, centers.npy, summary.json, representatives.csv}  stages 2, 3
@@ -30,10 +29,6 @@ class Layout:
     @property
     def marker(self) -> Path:
         return self.root / OUTPUT_MARKER
-
-    @property
-    def lock(self) -> Path:
-        return self.root / ".photoclust.lock"
 
     @property
     def features(self) -> Path:

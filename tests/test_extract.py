@@ -179,8 +179,10 @@ def test_cli_reports_user_mistakes_in_one_line(tmp_path, capsys):
     assert "no images found" in capsys.readouterr().err
 
     make_photos(tmp_path / "p", 1)
-    assert main(["extract", str(tmp_path / "p"), "--weights", str(tmp_path / "nope.pth")]) == 2
+    assert main(["extract", str(tmp_path / "p"), "--weights", str(tmp_path / "nope.pth"),
+                 "--out", str(tmp_path / "outputs" / "p")]) == 2
     assert "nope.pth" in capsys.readouterr().err
+    assert not (tmp_path / "outputs" / "p").exists()  # a failed first run leaves no empty output folder
 
 
 def test_cli_extract_prints_the_summary(tmp_path, capsys):
