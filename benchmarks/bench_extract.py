@@ -1,5 +1,12 @@
-"""Extraction throughput: end to end (decode in workers + model) versus the bare model
-forward on the same batch size, and the cost of a rerun that finds nothing new.
+"""Extraction throughput and precision, in one run on one machine (compare ratios, not runs):
+
+- the sample, end to end (decode in workers + model + commit) under each precision, next
+  to the bare model forward on the same batch size, and a rerun that finds nothing new;
+- large JPEGs (12-megapixel, 4000 x 3000, textured like real photos; made by the
+  benchmark in a temporary folder from sample photos): end to end against the bare
+  forward, and where one image's time goes (decode, resize, forward, commit);
+- bf16 against fp32: per-image cosine of the embeddings and, per loss, the agreement
+  (ARI) of the clusterings of the sample under the two precisions.
 
     python benchmarks/bench_extract.py [--photos data/sample] [--weights auto] [--device auto]
 writes outputs/bench/extract.json.
@@ -11,16 +18,110 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import write_result  # noqa: E402
+from pipeline.cache import load_embedded  # noqa: E402
+from pipeline.cluster import normalize_features  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.extract import autocast_dtype, embed_batch, extract_folder  # noqa: E402
-from pipeline.kmeans import resolve_device  # noqa: E402
+from pipeline.extract import (autocast_dtype, embed_batch, extract_folder, precision_name,  # noqa: E402
+                              to_network_pixels)
+from pipeline.images import open_rgb  # noqa: E402
+from pipeline.kmeans import GeneralizedKMeans, resolve_device  # noqa: E402
+from pipeline.losses import LOSS_NAMES  # noqa: E402
+from pipeline.metrics import ari  # noqa: E402
 from pipeline.weights import build_features_model, resolve_weights  # noqa: E402
+
+LARGE_JPEGS = 48
+LARGE_SIZE = (4000, 3000)
+
+
+def end_to_end(photos: Path, out: Path, cfg) -> dict:
+    """Images per second from the first decode to the last batch written, and a no-change rerun."""
+    marks: dict[str, float] = {}
+
+    def log(message: str) -> None:
+        if message.startswith("decoding"):
+            marks["start"] = time.perf_counter()
+
+    def on_batch(done: int) -> None:
+        marks["end"] = time.perf_counter()
+
+    report = extract_folder(photos, out, cfg, log=log, on_batch=on_batch, progress=False)
+    rate = report.decoded / (marks["end"] - marks["start"])
+    started = time.perf_counter()
+    rerun = extract_folder(photos, out, cfg, log=lambda m: None, progress=False)
+    assert rerun.decoded == 0
+    return {"images": report.decoded, "images_per_s": round(rate, 2),
+            "no_change_rerun_seconds": round(time.perf_counter() - started, 3)}
+
+
+def bare_forward(model, weights, device, half, batch_size: int, n: int) -> float:
+    """Images per second of the model alone: random pixels, same batch size and normalisation."""
+    batch = torch.randint(0, 256, (batch_size, 3, 224, 224), dtype=torch.uint8, device=device)
+    with torch.inference_mode():
+        embed_batch(model, weights.preprocess.normalize(batch), half)  # warm-up
+        _sync(device)
+        start, seen = time.perf_counter(), 0
+        while seen < n:
+            embed_batch(model, weights.preprocess.normalize(batch), half)
+            seen += batch_size
+        _sync(device)
+    return seen / (time.perf_counter() - start)
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_large_jpegs(folder: Path, sources: list[Path], n: int) -> None:
+    """12-megapixel JPEGs with sensor-like grain, so they are as costly to decode as photos."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for i in range(n):
+        with Image.open(sources[i % len(sources)]) as im:
+            big = np.asarray(im.convert("RGB").resize(LARGE_SIZE, Image.Resampling.BILINEAR), dtype=np.int16)
+        grain = rng.normal(0, 12, big.shape).astype(np.int16)
+        Image.fromarray(np.clip(big + grain, 0, 255).astype(np.uint8)).save(folder / f"large_{i:03d}.jpg", quality=92)
+
+
+def time_split(paths: list[Path], model, weights, device, half, resize: str, batch_size: int) -> dict:
+    """Milliseconds per image for each step, run one after the other in this process."""
+    pre = weights.preprocess
+    side = pre.resize if resize == "crop" else pre.crop
+    t0 = time.perf_counter()
+    images = [open_rgb(p, (side, side)) for p in paths]
+    t1 = time.perf_counter()
+    pixels = [to_network_pixels(im, pre, resize) for im in images]
+    t2 = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, len(pixels), batch_size):
+            embed_batch(model, pre.normalize(torch.stack(pixels[start:start + batch_size]).to(device)), half)
+        _sync(device)
+    t3 = time.perf_counter()
+    n = len(paths)
+    return {"decode_ms": round(1000 * (t1 - t0) / n, 1), "resize_ms": round(1000 * (t2 - t1) / n, 1),
+            "forward_ms": round(1000 * (t3 - t2) / n, 1)}
+
+
+def agreement(fp32: np.ndarray, bf16: np.ndarray, k: int = 4) -> dict:
+    """Per-image cosine of bf16 to fp32 embeddings; per loss, ARI of the two clusterings."""
+    a, b = normalize_features(fp32, "l2"), normalize_features(bf16, "l2")
+    cosine = (a * b).sum(axis=1)
+    per_loss = {}
+    for loss in LOSS_NAMES:
+        labels = [GeneralizedKMeans(n_clusters=k, loss=loss, n_init=4, seed=0, device="cpu").fit(x).labels_
+                  for x in (a, b)]
+        per_loss[loss] = round(float(ari(labels[0], labels[1])), 4)
+    return {"cosine_min": round(float(cosine.min()), 6), "cosine_median": round(float(np.median(cosine)), 6),
+            "ari_fp32_vs_bf16": per_loss}
 
 
 def main() -> None:
@@ -32,57 +133,49 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(None, extract=dict(weights=args.weights, device=args.device, batch_size=args.batch_size)).extract
     device = resolve_device(cfg.device, prefer_mps=True)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        marks: dict[str, float] = {}
-
-        def log(message: str) -> None:
-            if message.startswith("decoding"):
-                marks["start"] = time.perf_counter()
-
-        def on_batch(done: int) -> None:
-            marks["end"], marks["done"] = time.perf_counter(), done
-
-        report = extract_folder(Path(args.photos), Path(tmp), cfg, log=log, on_batch=on_batch, progress=False)
-        n = report.decoded
-        pipeline_rate = n / (marks["end"] - marks["start"])
-        rerun_start = time.perf_counter()
-        rerun = extract_folder(Path(args.photos), Path(tmp), cfg, log=lambda m: None, progress=False)
-        rerun_seconds = time.perf_counter() - rerun_start
-        assert rerun.decoded == 0
-
     weights = resolve_weights(cfg.weights, log=lambda m: None)
-    model = build_features_model(weights).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    half = autocast_dtype(device)
-    batch = torch.randint(0, 256, (cfg.batch_size, 3, 224, 224), dtype=torch.uint8, device=device)
-    with torch.inference_mode():
-        embed_batch(model, weights.preprocess.normalize(batch), half)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start, seen = time.perf_counter(), 0
-        while seen < n:
-            embed_batch(model, weights.preprocess.normalize(batch), half)
-            seen += cfg.batch_size
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        model_rate = seen / (time.perf_counter() - start)
+    model = build_features_model(weights).to(device).to(memory_format=torch.channels_last)
+    photos = Path(args.photos)
+    result = {"photos": str(photos), "weights": weights.id, "device": str(device), "batch_size": cfg.batch_size,
+              "workers": cfg.workers or "auto", "sample": {}}
+    features = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in ("auto", "fp32"):
+            run_cfg = replace(cfg, precision=precision)
+            half = autocast_dtype(precision, device, log=lambda m: None)
+            out = Path(tmp) / precision
+            case = end_to_end(photos, out, run_cfg)
+            case["bare_model_images_per_s"] = round(bare_forward(model, weights, device, half, cfg.batch_size,
+                                                                 case["images"]), 2)
+            case["ratio_end_to_end_to_model"] = round(case["images_per_s"] / case["bare_model_images_per_s"], 3)
+            case["precision"] = precision_name(half)
+            result["sample"][precision] = case
+            features[precision_name(half)] = load_embedded(out).features
+            print(f"sample, {precision} ({case['precision']}): {case['images_per_s']} img/s end to end, "
+                  f"bare model {case['bare_model_images_per_s']} img/s", flush=True)
 
-    result = {
-        "photos": args.photos, "images": n, "unreadable": report.unreadable, "weights": weights.id,
-        "device": str(device), "batch_size": cfg.batch_size, "workers": cfg.workers or "auto",
-        "pipeline_images_per_s": round(pipeline_rate, 2),
-        "bare_model_images_per_s": round(model_rate, 2),
-        "ratio_pipeline_to_model": round(pipeline_rate / model_rate, 3),
-        "first_run_seconds_total": round(report.seconds, 2),
-        "no_change_rerun_seconds": round(rerun_seconds, 3),
-        "note": "pipeline rate = images / time from the first decode to the last batch written; "
-                "bare model = same batch size of random pixels through the same model and normalisation",
-    }
-    path = write_result("extract", result)
-    print(f"{n} images: pipeline {pipeline_rate:.1f} img/s, bare model {model_rate:.1f} img/s "
-          f"(ratio {pipeline_rate / model_rate:.2f}); no-change rerun {rerun_seconds:.2f} s -> {path}")
+        half = autocast_dtype("auto", device, log=lambda m: None)
+        large = Path(tmp) / "large"
+        make_large_jpegs(large, sorted(photos.rglob("*.jpg")), LARGE_JPEGS)
+        case = end_to_end(large, Path(tmp) / "large-out", replace(cfg, precision="auto"))
+        case["bare_model_images_per_s"] = round(bare_forward(model, weights, device, half, cfg.batch_size,
+                                                             case["images"]), 2)
+        case["ratio_end_to_end_to_model"] = round(case["images_per_s"] / case["bare_model_images_per_s"], 3)
+        case["megapixels"] = LARGE_SIZE[0] * LARGE_SIZE[1] / 1e6
+        case["mean_file_mb"] = round(np.mean([p.stat().st_size for p in large.iterdir()]) / 1e6, 2)
+        case["split_one_process"] = time_split(sorted(large.iterdir())[:16], model, weights, device, half,
+                                               cfg.resize, cfg.batch_size)
+        result["large_jpegs"] = case
+        print(f"large JPEGs: {case['images_per_s']} img/s end to end, bare model {case['bare_model_images_per_s']} "
+              f"img/s; per image {case['split_one_process']}", flush=True)
+
+    if {"bfloat16", "float32"} <= set(features):
+        result["bf16_vs_fp32"] = agreement(features["float32"], features["bfloat16"])
+        print(f"bf16 vs fp32: {result['bf16_vs_fp32']}")
+    result["note"] = ("end to end = images / time from the first decode to the last batch written; bare model = "
+                      "the same batch size of random pixels through the same model and normalisation; "
+                      "split = each step for 16 large JPEGs, one after the other in one process")
+    print(f"-> {write_result('extract', result)}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ def _add_extract_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", default=None, help="images per forward pass (default 16)")
     p.add_argument("--workers", default=None, help="decoding processes (default auto)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
+    p.add_argument("--precision", default=None,
+                   help="auto (bf16 where the CPU or GPU computes it natively, else fp32) | fp32 | bf16")
     p.add_argument("--seed", type=int, default=0, help="seed of --weights random")
 
 
@@ -147,7 +149,7 @@ def _load(args: argparse.Namespace, extract: bool = False, cluster: bool = False
     from .config import load_config
 
     ext = dict(weights=args.weights, resize=args.resize, batch_size=args.batch_size, workers=args.workers,
-               device=args.device) if extract else None
+               device=args.device, precision=args.precision) if extract else None
     clu = None
     if cluster:  # sweep has only some of the cluster options
         clu = {key: getattr(args, attr, None) for key, attr in (

@@ -18,6 +18,7 @@ from .losses import LOSS_NAMES, PARAM_NAME
 
 DEFAULT_CONFIG = Path("pipeline.toml")
 RESIZE_MODES = ("crop", "squash")
+PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 NORMALIZATIONS = ("l2", "none")
 SECTIONS = ("extract", "cluster")
@@ -30,6 +31,7 @@ class ExtractConfig:
     batch_size: int = 16
     workers: int | None = None  # None = auto
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16: bf16 where the device computes it natively
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,7 @@ def _validate_extract(values: dict[str, Setting]) -> ExtractConfig:
         batch_size=_int(get("batch_size"), 1),
         workers=None if workers == "auto" else workers,
         device=_choice(get("device"), DEVICES),
+        precision=_choice(get("precision"), PRECISIONS),
     )
 
 

@@ -49,11 +49,45 @@ class ExtractReport:
         return f"{self.embedded} embedded, {self.unreadable} unreadable (see manifest.csv)"
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """Half precision on CUDA (bf16 where supported); full float32 elsewhere."""
-    if device.type != "cuda":
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 in hardware (AVX512-BF16 or AMX through oneDNN on a
+    CPU, Ampere or later on CUDA), as torch itself reports it."""
+    try:
+        if device.type == "cuda":
+            return bool(torch.cuda.is_bf16_supported())
+        if device.type == "cpu":
+            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # an older torch without the query: assume not
+        pass
+    return False
+
+
+def autocast_dtype(precision: str, device: torch.device,
+                   log: Callable[[str], None] = print) -> torch.dtype | None:
+    """The autocast dtype of the model's forward pass, or None for full float32.
+
+    auto: bf16 where the device computes it natively (about 2x the images per second of
+    float32 on an AVX512-BF16 CPU, cosine >= 0.999 to the float32 embedding), fp16 on a
+    CUDA GPU without bf16, float32 elsewhere. bf16 on a device without native support is
+    honoured (the same numbers, emulated) with a warning that it will be slow.
+    """
+    if precision == "fp32":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    native = native_bf16(device)
+    if precision == "bf16":
+        if device.type == "mps":
+            raise UserError("--precision bf16: not available on Apple MPS here; use --precision fp32 or auto")
+        if not native:
+            log(f"warning: --precision bf16: {device} has no native bf16, so it is emulated and slow; "
+                "--precision auto picks fp32 here")
+        return torch.bfloat16
+    if native:
+        return torch.bfloat16
+    return torch.float16 if device.type == "cuda" else None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    return str(dtype).replace("torch.", "") if dtype is not None else "float32"
 
 
 def cache_key(weights: Weights, resize: str, precision: str) -> dict:
@@ -144,8 +178,8 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
 
     weights = resolve_weights(cfg.weights, seed=seed, log=log)
     device = resolve_device(cfg.device, prefer_mps=True)
-    half = autocast_dtype(device)
-    key = cache_key(weights, cfg.resize, str(half).replace("torch.", "") if half else "float32")
+    half = autocast_dtype(cfg.precision, device, log)
+    key = cache_key(weights, cfg.resize, precision_name(half))
     activate_key(out_dir, key)
     report = ExtractReport(weights_id=weights.id, device=str(device), cache_key_id=key_id(key))
 
@@ -231,9 +265,8 @@ def _committed_cache(out_dir: Path, log: Callable[[str], None]) -> tuple[list[En
 
 def _embed(todo, weights: Weights, cfg: ExtractConfig, device: torch.device, half, progress):
     """Yield (entries, rows) per batch, in input order."""
-    model = build_features_model(weights).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    # channels-last on every device: oneDNN's and cuDNN's fast convolution layout
+    model = build_features_model(weights).to(device).to(memory_format=torch.channels_last)
     pre = weights.preprocess
     dataset = PhotoDataset([p for p, _, _, _ in todo], pre, cfg.resize)
     workers = cfg.workers if cfg.workers is not None else default_workers(len(todo), cfg.batch_size)
@@ -260,8 +293,7 @@ def _embed(todo, weights: Weights, cfg: ExtractConfig, device: torch.device, hal
 
 def embed_batch(model: torch.nn.Module, x: torch.Tensor, half: torch.dtype | None) -> np.ndarray:
     """Conv features -> global average pool -> (n, 512) float32."""
-    if x.device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(x.device.type, dtype=half, enabled=half is not None):
         maps = model(x)
     return maps.float().mean(dim=(2, 3)).cpu().numpy()
