@@ -56,7 +56,7 @@ def test_embeds_every_image_and_records_a_bad_file(tmp_path):
 def test_features_are_the_model_output_on_the_preprocessed_image(tmp_path):
     photos, out = tmp_path / "photos", tmp_path / "out"
     paths = make_photos(photos, 2)
-    run(photos, out)
+    run(photos, out, ExtractConfig(**{**CFG.__dict__, "precision": "fp32"}))  # the model's own float32 numbers
     weights = load_random(0)
     model = build_features_model(weights)
     from pipeline.images import open_rgb
