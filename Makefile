@@ -52,7 +52,7 @@ sheets: $(STAMP)
 
 # make sweep [KS=2:40] [LOSSES=square,huber]: objective and silhouette per k, a suggested k
 sweep: $(STAMP)
-	$(PY) -m pipeline sweep --out $(call q,$(OUT)) --config $(call q,$(CONFIG)) $(if $(KS),--k $(call q,$(KS))) $(if $(LOSSES),--loss $(call q,$(LOSSES)))
+	$(PY) -m pipeline sweep --out $(call q,$(OUT)) --config $(call q,$(CONFIG)) $(if $(KS),--k-range $(call q,$(KS))) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
 
 # make evaluate [LABELS=labels.csv]: NMI, ARI, accuracy, purity per loss
 evaluate: $(STAMP)

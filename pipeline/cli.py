@@ -21,8 +21,36 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def _add_out(p: argparse.ArgumentParser) -> None:
+    """The output folder a reading stage works in: from --out, else from the photo folder."""
+    p.add_argument("photos", nargs="?", default=None, metavar="PHOTOS",
+                   help="the photo folder given to extract; its output folder is outputs/<folder name>, "
+                        "as extract chose it")
     p.add_argument("--out", type=Path, default=None,
-                   help="output folder of a previous extract (default: outputs/sample)")
+                   help="output folder of a previous extract (wins over PHOTOS; default: outputs/<PHOTOS "
+                        "folder name>, or outputs/sample when neither is given and it exists)")
+
+
+class _DeprecatedAlias(argparse.Action):
+    """A hidden old spelling of an option: works, and says on stderr what to write instead."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"photoclust: note: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("photoclust")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
 
 
 def _add_extract_options(p: argparse.ArgumentParser) -> None:
@@ -57,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="photoclust", description=(
         "Turn a folder of photos into clusters you can look at: VGG16 embeddings, "
         "k-means under six losses, contact sheets."))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print the version of photoclust and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
     waiting = argparse.ArgumentParser(add_help=False)
     waiting.add_argument("--no-wait", action="store_true",
@@ -98,12 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     swp = sub.add_parser("sweep", parents=[waiting], help="fit a range of k and suggest one (objective curve + silhouette)")
     _add_out(swp)
     _add_config(swp)
-    swp.add_argument("--k", dest="k_range", default=None, help="range first:last[:step] (default 2:40)")
-    swp.add_argument("--loss", default=None, help="comma-separated losses to sweep (default square)")
-    swp.add_argument("--normalize", default=None, help="l2 | none")
-    swp.add_argument("--seed", dest="cluster_seed", default=None)
-    swp.add_argument("--n-init", default=None)
-    swp.add_argument("--param", action="append", default=[], metavar="LOSS=VALUE")
+    swp.add_argument("--k-range", dest="k_range", default=None, metavar="FIRST:LAST[:STEP]",
+                     help="the k to fit, inclusive, e.g. 2:40 or 2:40:2 (default 2:40)")
+    swp.add_argument("--k", dest="k_range", action=_DeprecatedAlias, new="--k-range", default=None)
+    swp.add_argument("--losses", default=None,
+                     help="comma-separated losses to sweep, e.g. square,huber (default square)")
+    swp.add_argument("--loss", dest="losses", action=_DeprecatedAlias, new="--losses", default=None)
+    swp.add_argument("--normalize", default=None,
+                     help="l2: unit-length rows (default); none: raw features, as the tutorial")
+    swp.add_argument("--seed", dest="cluster_seed", default=None, help="clustering seed")
+    swp.add_argument("--n-init", default=None, help="k-means++ restarts per k; the lowest objective wins")
+    swp.add_argument("--param", action="append", default=[], metavar="LOSS=VALUE",
+                     help="a loss parameter, a number or auto, e.g. --param huber=0.05 (repeatable)")
     swp.set_defaults(run=_run_sweep)
 
     ev = sub.add_parser("evaluate", parents=[waiting], help="score every clustering against labels (folder names or a CSV)")
@@ -114,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export", parents=[waiting], help="lay a clustering out as folders of links (or copies)")
     _add_out(exp)
-    exp.add_argument("--loss", required=True, help="which loss's clustering")
+    exp.add_argument("--loss", required=True, metavar="NAME",
+                     help="the one loss whose clustering is exported, e.g. huber (a single name, "
+                          "unlike the comma-separated --losses of the other stages)")
     exp.add_argument("--to", type=Path, required=True, help="new or empty folder (or an earlier export)")
     exp.add_argument("--copy", action="store_true", help="copy the photos instead of linking them")
     exp.set_defaults(run=_run_export)
@@ -131,10 +169,29 @@ def _parse_params(items: list[str]) -> dict[str, str] | None:
     return params or None
 
 
+SAMPLE_OUT = Path("outputs") / "sample"
+
+
 def _out(args: argparse.Namespace) -> Path:
+    """extract and run: --out, else outputs/<name of the photo folder>."""
+    return args.out if args.out is not None else _default_out(args.photos)
+
+
+def _stage_out(args: argparse.Namespace) -> Path:
+    """The output folder a reading stage works in: --out, else the one extract made for the
+    PHOTOS folder, else outputs/sample if it exists (never silently another run's folder)."""
     if args.out is not None:
         return args.out
-    return _default_out(args.photos) if getattr(args, "photos", None) else Path("outputs") / "sample"
+    if args.photos:
+        out = _default_out(args.photos)
+        if not out.is_dir():
+            raise UserError(f"{out}: no output folder for the photos in {args.photos}; run "
+                            f"`photoclust extract {args.photos}` first, or pass --out")
+        return out
+    if SAMPLE_OUT.is_dir():
+        return SAMPLE_OUT
+    raise UserError(f"which output folder? pass the photo folder (`photoclust {args.command} PHOTOS`, "
+                    "as given to extract) or --out FOLDER")
 
 
 def _losses(value: str | None) -> list[str] | None:
@@ -219,7 +276,7 @@ def _run_extract(args: argparse.Namespace) -> int:
 
 
 def _run_cluster(args: argparse.Namespace) -> int:
-    cfg, out = _load(args, cluster=True), _out(args)
+    cfg, out = _load(args, cluster=True), _stage_out(args)
     with _locked(args, out):
         fitted = _cluster(cfg, out, force=args.force)
     if fitted and Layout(out).index.is_file():
@@ -234,7 +291,7 @@ def _run_cluster(args: argparse.Namespace) -> int:
 def _run_represent(args: argparse.Namespace) -> int:
     from .represent import represent_run
 
-    out = _out(args)
+    out = _stage_out(args)
     with _locked(args, out):
         results = represent_run(out, _losses(args.losses), log=_log)
     print(f"representatives of {len(results)} clustering(s) -> {out}/clusters/")
@@ -242,7 +299,7 @@ def _run_represent(args: argparse.Namespace) -> int:
 
 
 def _run_render(args: argparse.Namespace) -> int:
-    out = _out(args)
+    out = _stage_out(args)
     with _locked(args, out):
         _render(out, _losses(args.losses), args.max_per_sheet)
     return 0
@@ -264,10 +321,10 @@ def _run_all(args: argparse.Namespace) -> int:
 def _run_sweep(args: argparse.Namespace) -> int:
     from .sweep import DEFAULT_K_RANGE, sweep_run
 
-    out = _out(args)
+    out = _stage_out(args)
     cfg = _load(args, cluster=True).cluster
     with _locked(args, out):
-        results = sweep_run(out, cfg, args.k_range or DEFAULT_K_RANGE, _losses(args.loss), log=_log)
+        results = sweep_run(out, cfg, args.k_range or DEFAULT_K_RANGE, _losses(args.losses), log=_log)
     for r in results:
         print(f"{r.loss}: suggested k = {r.suggested} (knee {r.knee}) -> {out}/sweep/{r.loss}.png; "
               "`cluster --k auto` uses it")
@@ -278,7 +335,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
     from .report import write_index
 
-    out = _out(args)
+    out = _stage_out(args)
     with _locked(args, out):
         result = evaluate_run(out, args.labels, log=_log)
     print(result.markdown)
@@ -295,7 +352,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from .export import export_clusters
     from .losses import check_loss
 
-    out = _out(args)
+    out = _stage_out(args)
     with _locked(args, out):
         report = export_clusters(out, check_loss(args.loss), args.to, copy=args.copy)
     what = "copies" if args.copy else "links"

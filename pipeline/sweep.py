@@ -62,12 +62,12 @@ def parse_k_range(text: str, n_points: int) -> list[int]:
     try:
         parts = [int(p) for p in str(text).split(":")]
     except ValueError:
-        raise UserError(f"--k {text!r}: write a range like 2:40 (first:last) or 2:40:2 (with a step)") from None
+        raise UserError(f"--k-range {text!r}: write a range like 2:40 (first:last) or 2:40:2 (with a step)") from None
     if len(parts) not in (2, 3) or parts[0] < 2 or parts[1] < parts[0] or (len(parts) == 3 and parts[2] < 1):
-        raise UserError(f"--k {text!r}: write first:last[:step] with 2 <= first <= last, e.g. 2:40")
+        raise UserError(f"--k-range {text!r}: write first:last[:step] with 2 <= first <= last, e.g. 2:40")
     ks = [k for k in range(parts[0], parts[1] + 1, parts[2] if len(parts) == 3 else 1) if k < n_points]
     if not ks:
-        raise UserError(f"--k {text}: every k is at least the number of embedded images ({n_points})")
+        raise UserError(f"--k-range {text}: every k is at least the number of embedded images ({n_points})")
     return ks
 
 

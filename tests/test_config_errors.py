@@ -200,6 +200,6 @@ def test_cluster_names_the_flag_of_an_absurd_parameter(features_cache, capsys, p
 
 def test_cluster_and_sweep_name_the_file_key_of_an_absurd_parameter(features_cache, tmp_path, capsys):
     config = write_toml(tmp_path, "[cluster.params]\ncorrentropy = 1e-30\n")
-    for args in (["cluster", "--losses", "correntropy"], ["sweep", "--loss", "correntropy", "--k", "2:3"]):
+    for args in (["cluster", "--losses", "correntropy"], ["sweep", "--losses", "correntropy", "--k-range", "2:3"]):
         assert main([*args, "--out", str(features_cache), "--config", str(config)]) == 2
         assert "cfg.toml: cluster.params.correntropy: sigma = 1e-30 is outside" in one_error_line(capsys)

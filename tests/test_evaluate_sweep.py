@@ -13,6 +13,7 @@ from benchmarks.common import vgg_like
 from pipeline import metrics
 from pipeline.cli import main
 from pipeline.config import ClusterConfig
+from pipeline.errors import UserError
 from pipeline.evaluate import folder_labels
 from pipeline.sweep import knee, parse_k_range, silhouettes, suggest, sweep_features
 
@@ -77,10 +78,12 @@ def test_k_range(text, n, expected):
     assert parse_k_range(text, n) == expected
 
 
-@pytest.mark.parametrize("text", ["5", "1:4", "4:2", "a:b", "2:4:0"])
-def test_bad_k_range_says_how_to_write_it(text):
-    with pytest.raises(Exception, match="--k"):
-        parse_k_range(text, 100)
+@pytest.mark.parametrize("text, advice", [("5", "first:last"), ("1:4", "2 <= first"), ("4:2", "first <= last"),
+                                          ("a:b", "like 2:40"), ("2:4:0", "first:last\\[:step\\]"),
+                                          ("7:9", "at least the number of embedded images \\(6\\)")])
+def test_bad_k_range_says_how_to_write_it(text, advice):
+    with pytest.raises(UserError, match=f"^--k-range '?{text}'?: .*{advice}"):
+        parse_k_range(text, 6)
 
 
 def test_sweep_finds_the_planted_number_of_clusters():
@@ -134,7 +137,7 @@ def test_sweep_stage_and_cluster_k_auto(clustered, tmp_path, capsys):
     _, cached = clustered
     out = tmp_path / "out"
     shutil.copytree(cached, out)
-    assert main(["sweep", "--out", str(out), "--k", "2:5", "--n-init", "1"]) == 0
+    assert main(["sweep", "--out", str(out), "--k-range", "2:5", "--n-init", "1"]) == 0
     meta = json.loads((out / "sweep" / "square.json").read_text())
     assert 2 <= meta["suggested_k"] <= 5 and "silhouette" in meta["rule"]
     assert (out / "sweep" / "square.csv").read_text().splitlines()[0] == "k,objective,silhouette,iterations,seconds"

@@ -230,7 +230,7 @@ def test_thumbnail_long_side(tmp_path: Path) -> None:
     tall = saved(Image.new("RGBA", (50, 100), (0, 0, 0, 0)), tmp_path / "tall.png")
     small = thumbnail(tall, 20)
     assert small.size == (10, 20) and small.getpixel((5, 5)) == WHITE
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="thumbnail size must be a positive number of pixels, got 0"):
         thumbnail(path, 0)
 
 
@@ -401,15 +401,28 @@ def test_directory_links_followed_once(tmp_path: Path) -> None:
     assert _relative(root, find_images(root)) == ["a.png", "one/s.jpg"]
 
 
-def test_find_images_many_files_quickly(tmp_path: Path) -> None:
-    import time
-
+def test_find_images_lists_each_folder_once_and_stats_no_file(tmp_path: Path, monkeypatch) -> None:
+    """Finding scales with folders, not files: one listing per folder, file types from the
+    listing itself (no stat, no open per file). Timing lives in benchmarks, not here."""
     for d in range(10):
         sub = tmp_path / f"d{d:02d}"
         sub.mkdir()
         for f in range(200):
             (sub / f"{f:04d}.jpg").touch()
-    start = time.perf_counter()
+    calls = {"scandir": 0, "stat": 0, "open": 0}
+
+    def counting(name, real):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "scandir", counting("scandir", os.scandir))
+    monkeypatch.setattr(os, "stat", counting("stat", os.stat))
+    monkeypatch.setattr(os, "open", counting("open", os.open))
     found = find_images(tmp_path)
+    monkeypatch.undo()
     assert len(found) == 2000
-    assert time.perf_counter() - start < 1.0  # about 15 ms; 100k files take under a second
+    assert calls["scandir"] == 11  # the root and its ten folders, each listed once
+    assert calls["stat"] <= 4 * 11  # a few per folder (is it ours? an export?), none per file
+    assert calls["open"] == 0

@@ -81,21 +81,22 @@ def test_square_update_is_the_mean_and_empty_clusters_keep_their_center():
 
 @pytest.mark.parametrize("loss", ROBUST)
 def test_every_center_update_never_raises_the_objective(loss):
-    steps_checked = 0
     for seed in range(12):
         X = torch.from_numpy(vgg_like(150, 16, 4, seed=seed, outliers=0.1))
         labels = torch.from_numpy(np.random.default_rng(seed).integers(0, 4, size=150))
         C = X[:4].clone() + 0.5
         scale = float(torch.cdist(X, C).median())
         p = scale * (0.05 if loss in ("huber", "pseudo_huber") else 0.5)
-        before = L.cluster_objectives(X, C, labels, loss, p)
-        for _ in range(15):
-            C = L.update_centers(X, labels, C, loss, p, steps=1)
-            after = L.cluster_objectives(X, C, labels, loss, p)
-            assert (after <= before * (1 + 1e-12) + 1e-12).all(), (seed, (after - before).max())
-            before = after
-            steps_checked += 1
-    assert steps_checked == 12 * 15
+        start = before = L.cluster_objectives(X, C, labels, loss, p)
+        for step in range(15):
+            moved = L.update_centers(X, labels, C, loss, p, steps=1)
+            after = L.cluster_objectives(X, moved, labels, loss, p)
+            assert (after <= before * (1 + 1e-12) + 1e-12).all(), (seed, step, (after - before).max())
+            if step == 0:  # the start is far from every optimum: the first step moves every center
+                assert (moved != C).any(1).all(), (seed, "a center did not move")
+            C, before = moved, after
+        # the steps made progress: never raising the objective is not enough (a no-op does that)
+        assert (before < start * (1 - 1e-3)).all(), (seed, (before / start).max())
 
 
 @pytest.mark.parametrize("loss", ROBUST)

@@ -99,10 +99,17 @@ def test_hostile_file_names_show_as_text(pipeline_run):
 
 def test_a_second_run_redoes_no_work(pipeline_run, capsys):
     photos, out = pipeline_run
+    summaries = sorted((out / "clusters").glob("*/summary.json"))
+    assert len(summaries) == len(LOSS_NAMES)
+    before = {path: path.stat().st_mtime_ns for path in summaries}
+    features = (out / "features.npy").stat().st_mtime_ns
     capsys.readouterr()
     assert main(["run", str(photos), "--out", str(out), "--k", "3", *FAST]) == 0
     printed = capsys.readouterr().out
-    assert "decoded 0, reused 13" in printed  # the unreadable file is not retried either and "(0 fitted, 6 up to date)" in printed
+    assert "decoded 0, reused 13" in printed  # the unreadable file is not retried either
+    assert f"({0} fitted, {len(LOSS_NAMES)} up to date)" in printed  # no loss is refitted
+    assert {path: path.stat().st_mtime_ns for path in summaries} == before
+    assert (out / "features.npy").stat().st_mtime_ns == features
     assert "index.html" in printed
 
 
