@@ -31,7 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import BENCH_DIR, blobs, vgg_like, write_result  # noqa: E402
 
-ROBUST = ("huber", "pseudo_huber", "correntropy", "epsilon_insensitive")
+from pipeline import losses as L  # noqa: E402
+
+# the losses with a parameter and an iterative update, as registered (the tutorial's four)
+ROBUST = tuple(name for name in L.PARAM_NAME if not L.get_loss(name).exact_update)
 
 
 def memory_mb(field: str) -> float:
@@ -106,8 +109,7 @@ def run_tutorial(X, C0, case):
     from benchmarks import tutorial_reference as T
 
     counter = T.Counter()
-    params = {"huber": "delta", "pseudo_huber": "delta", "correntropy": "sigma",
-              "epsilon_insensitive": "epsilon"}
+    params = L.PARAM_NAME
     start = time.perf_counter()
     _, _, objective = T.generalized_clustering(X.astype(np.float64), C0, case["loss"],
                                                {params[case["loss"]]: case["param"]}, vectorized=True,
@@ -171,7 +173,6 @@ def robust_vs_tutorial(device: str, quick: bool) -> list[dict]:
     """Part 1: same data, same initial centers, the parameter our `auto` picks given to both."""
     import torch
 
-    from pipeline import losses as L
     from pipeline.kmeans import GeneralizedKMeans
 
     base = {"data": "vgg", "n": 400 if quick else 2000, "d": 512, "k": 5, "seed": 0, "device": device}

@@ -13,7 +13,14 @@ Computation is float32 on the chosen device (CUDA when available), sums in float
 
 from __future__ import annotations
 
+import ast
+import functools
+import hashlib
+import inspect
 import math
+import os
+import sys
+import textwrap
 from collections.abc import Callable
 
 import numpy as np
@@ -104,6 +111,54 @@ def kmeans_plus_plus(X: torch.Tensor, k: int, rng: np.random.Generator, trials: 
         chosen.append(int(candidates[best]))
         closest = options[:, best]
     return torch.tensor(chosen, dtype=torch.int64, device=X.device)
+
+
+def _code_text(obj) -> str:
+    """The code of a module, class or function, without comments, docstrings or layout
+    (its AST), so that editing prose never invalidates a cache; the raw source where it
+    does not parse alone (a lambda), the bytecode where there is no source."""
+    try:
+        source = textwrap.dedent(inspect.getsource(obj))
+    except (OSError, TypeError):
+        code = getattr(getattr(obj, "__func__", obj), "__code__", None)
+        return repr((code.co_code, code.co_consts, code.co_names)) if code is not None else repr(obj)
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+@functools.lru_cache(maxsize=8)
+def _module_text_at(name: str, mtime_ns: int) -> str:
+    return _code_text(sys.modules[name])
+
+
+def _module_text(name: str) -> str:
+    """A module's code text, parsed once per version of its file."""
+    return _module_text_at(name, os.stat(sys.modules[name].__file__).st_mtime_ns)
+
+
+def engine_fingerprint(loss: str) -> str:
+    """A digest of everything that decides `loss`'s clustering numerics: the code of the
+    engine (this module and pipeline.losses), of the loss's class and its bases, of the
+    methods the registered instance actually has (a patched method counts) and its
+    settings. The cluster stage keys its cache on it: change the math, the cache refits."""
+    spec = L.get_loss(loss)
+    digest = hashlib.sha256()
+    parts = [_module_text(__name__), _module_text(L.__name__)]
+    parts += [_code_text(klass) for klass in type(spec).__mro__ if klass not in (L.Loss, object)]
+    parts += [_code_text(getattr(spec, name)) for name in L.Loss.METHODS]
+    parts.append(repr([(name, getattr(spec, name)) for name in L.Loss.SETTINGS]))
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
 
 
 def auto_param_at(X: torch.Tensor, k: int, loss: str, seed: int = 0) -> float | None:
@@ -258,7 +313,8 @@ class GeneralizedKMeans:
         # The loop tracks the objective from the assignment pass itself (free); the exact
         # value (no GEMM rounding) is computed once at the end.
         # squared norms for the GEMM-based assignments, computed once for the whole loop
-        x_sq = L.row_sq_norms(X) if loss == "square" or loss in L.DISTANCE_LOSSES else None
+        spec = L.get_loss(loss)
+        x_sq = L.row_sq_norms(X) if spec.by_distance else None
         labels, cost = L.assign(X, C, loss, param, with_cost=True, x_sq=x_sq)
         objective = float(cost.double().sum())
         converged, n_iter = False, 0
@@ -272,18 +328,18 @@ class GeneralizedKMeans:
             labels, objective = new_labels, new_objective
             if self.on_iteration is not None and loss == self.loss:
                 self.on_iteration(n_iter, objective)
-            if stable and (change <= self.tol or loss in ("square", "absolute")):
+            if stable and (change <= self.tol or spec.exact_update):
                 converged = True  # exact updates: same labels means the same centers next time
                 break
         objective = float(L.loss_to_centers(X, C, labels, loss, param).double().sum())
         return labels, C, objective, n_iter, converged
 
     def _polish(self, X, result, param):
-        """epsilon-insensitive only: finish the best restart's centers (see losses.polish_centers)."""
+        """Finish the best restart's centers where the loss has a `polish` (epsilon-insensitive)."""
         labels, C, objective, n_iter, converged = result
-        if self.loss != "epsilon_insensitive":
+        C = L.get_loss(self.loss).polish(X, labels, C, param)
+        if C is None:
             return result
-        C = L.polish_centers(X, labels, C, param)
         labels = L.assign(X, C, self.loss, param)
         objective = float(L.loss_to_centers(X, C, labels, self.loss, param).double().sum())
         return labels, C, objective, n_iter, converged
