@@ -29,6 +29,7 @@ chunks (and center chunks) whose size is bounded by `max_chunk_bytes`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
@@ -780,11 +781,21 @@ def _one_blas_thread():
     """L-BFGS-B's vectors are only k x d long, yet NumPy's OpenBLAS threads, once woken,
     spin and starve torch's own threads: on 2 cores, 400 x 64 points, k = 10, a fit took
     20x longer. threadpoolctl (where installed) keeps BLAS on one thread meanwhile."""
+    controller = _blas_controller()
+    return controller.limit(limits=1, user_api="blas") if controller is not None else contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    """threadpoolctl's view of the loaded thread pools, made once (scanning the loaded
+    libraries costs ~2 ms, as much as a small fit's polish), after scipy loaded its BLAS."""
+    import scipy.optimize  # noqa: F401
+
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover - slower, same numbers
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+        return None
+    return ThreadpoolController()
 
 
 def _lbfgs_stages(X, labels, C, epsilon, flat, stages, max_iter, max_chunk_bytes, sample_weight) -> np.ndarray:
