@@ -312,7 +312,7 @@ class GeneralizedKMeans:
         labels, centers, objective, n_iter, converged, history = self._polish(Xt, best, param, weight)
         self._check_filled(labels, objective)
         spec = L.get_loss(self.loss)
-        self._centers = centers
+        self._centers, self._fitted_loss = centers, spec.name  # set_params(loss=...) needs a new fit
         self.labels_ = labels.cpu().numpy()
         self.cluster_centers_ = centers.cpu().numpy()
         self.objective_ = self.inertia_ = float(objective)
@@ -332,28 +332,30 @@ class GeneralizedKMeans:
     def predict(self, X):
         """Index of the cheapest center for every row of X."""
         Xt = self._fitted_input(X, "predict")
-        labels = L.assign(Xt, self._centers, self.loss, self._param_value())
+        labels = L.assign(Xt, self._centers, self._fitted_loss, self._param_value())
         return self._answer(labels, X)
 
     def transform(self, X):
         """(n, k): the loss of every row of X to every center."""
         Xt = self._fitted_input(X, "transform")
-        return self._answer(L.cost_matrix(Xt, self._centers, self.loss, self._param_value()), X)
+        return self._answer(L.cost_matrix(Xt, self._centers, self._fitted_loss, self._param_value()), X)
 
     def score(self, X, y=None, sample_weight=None) -> float:
         """Minus the objective of X under the fitted centers (each row on its cheapest
         center; weighted by `sample_weight`): larger is better, as scikit-learn's."""
         Xt = self._fitted_input(X, "score")
         weight = validate_sample_weight(sample_weight, Xt.shape[0], Xt.device)
-        labels = L.assign(Xt, self._centers, self.loss, self._param_value())
-        per_point = L.loss_to_centers(Xt, self._centers, labels, self.loss, self._param_value()).double()
+        loss, param = self._fitted_loss, self._param_value()
+        labels = L.assign(Xt, self._centers, loss, param)
+        per_point = L.loss_to_centers(Xt, self._centers, labels, loss, param).double()
         return -float(per_point.sum() if weight is None else (per_point * weight).sum())
 
     def loss_to_center(self, X) -> np.ndarray:
         """Each row's loss to the center it is assigned to (float64 NumPy array)."""
         Xt = self._fitted_input(X, "loss_to_center")
-        labels = L.assign(Xt, self._centers, self.loss, self._param_value())
-        return L.loss_to_centers(Xt, self._centers, labels, self.loss, self._param_value()).double().cpu().numpy()
+        loss, param = self._fitted_loss, self._param_value()
+        labels = L.assign(Xt, self._centers, loss, param)
+        return L.loss_to_centers(Xt, self._centers, labels, loss, param).double().cpu().numpy()
 
     # ------------------------------------------------------------------ input and settings
 
@@ -363,17 +365,15 @@ class GeneralizedKMeans:
     def _check_settings(self) -> None:
         spec = L.get_loss(self.loss)
         for name, value, low in (("n_init", self.n_init, 1), ("max_iter", self.max_iter, 1)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            if not _integer_at_least(value, low):
                 raise LossInputError(f"{name} must be an integer >= {low}; got {value!r}")
         if not (isinstance(self.tol, (int, float)) and not isinstance(self.tol, bool)
                 and math.isfinite(self.tol) and self.tol >= 0):
             raise LossInputError(f"tol must be a finite number >= 0; got {self.tol!r}")
-        if self.inner_steps is not None and (isinstance(self.inner_steps, bool) or
-                                             not isinstance(self.inner_steps, (int, np.integer)) or self.inner_steps < 1):
+        if self.inner_steps is not None and not _integer_at_least(self.inner_steps, 1):
             raise LossInputError(f"inner_steps must be None or an integer >= 1; got {self.inner_steps!r}")
-        seed = self._seed()
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise LossInputError(f"seed (random_state) must be an integer >= 0; got {seed!r}")
+        if not _integer_at_least(self._seed(), 0):
+            raise LossInputError(f"seed (random_state) must be an integer >= 0; got {self._seed()!r}")
         if spec.param_name is not None and self.param != "auto":
             L.validate_param(spec.name, self.param)
 
@@ -509,6 +509,10 @@ class GeneralizedKMeans:
         labels = L.assign(X, C, self.loss, param)
         objective = self._total(L.loss_to_centers(X, C, labels, self.loss, param), weight)
         return labels, C, objective, n_iter, converged, history
+
+
+def _integer_at_least(value, low: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= low
 
 
 def _same(a, b) -> bool:

@@ -32,6 +32,15 @@ def test_get_params_and_set_params_round_trip():
         model.set_params(k=3)
 
 
+def test_a_fitted_model_keeps_answering_for_the_loss_it_was_fitted_with():
+    X = vgg_like(80, 4, 3, seed=5)
+    model = GeneralizedKMeans(3, "correntropy", param=2.0, n_init=1).fit(X)
+    before = model.transform(X)
+    model.set_params(loss="absolute")  # takes effect at the next fit
+    np.testing.assert_array_equal(model.transform(X), before)
+    assert model.fit(X).transform(X).shape == (80, 3) and model.params_ == {}
+
+
 def test_scikit_learn_clone_gives_an_unfitted_copy_with_the_same_parameters():
     base = pytest.importorskip("sklearn.base")
     X = vgg_like(60, 4, 3, seed=0)
