@@ -145,14 +145,17 @@ def weighted_means(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, weigh
     acc = _accumulator_dtype(X.device)
     k, d = C.shape
     num = torch.zeros(k, d, dtype=acc, device=X.device)
-    den = torch.zeros(k, d, dtype=acc, device=X.device)
+    den = None  # (k, 1) for weights per row (summed once, not once per coordinate), else (k, d)
     for s in _row_slices(X.shape[0], _pass_rows(X, max_chunk_bytes)):
         Xc, lc = X[s], labels[s]
         w = (weight_fn(Xc, Xc - C[lc], lc) if row_weights is None else row_weights[s, None]).to(acc)
         if sample_weight is not None:
             w = w * sample_weight[s, None].to(acc)
         num.index_add_(0, lc, w * Xc.to(acc))
-        den.index_add_(0, lc, w.expand(-1, d) if w.shape[1] == 1 else w)
+        if den is None:
+            den = torch.zeros(k, w.shape[1], dtype=acc, device=X.device)
+        den.index_add_(0, lc, w)
+    den = (den if den is not None else torch.zeros(k, 1, dtype=acc, device=X.device)).expand(k, d)
     ok = den > 0
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), C.to(acc)).to(C.dtype)
 
