@@ -15,7 +15,8 @@ ROBUST = tuple(name for name, loss in L.registry().items() if not loss.exact_upd
 
 
 def reference_loss(x: np.ndarray, mu: np.ndarray, loss: str, p: float | None) -> float:
-    """Each loss written out from LOSSES.md, one pair at a time, in float64."""
+    """Each loss written out from its definition (the table atop pipeline/losses.py), one pair at a
+    time, in float64: an oracle independent of the engine."""
     r = x - mu
     d = np.linalg.norm(r)
     if loss == "square":
