@@ -77,7 +77,7 @@ class Counter:
 
 def update_center(points, loss_type, params, vectorized=False, counter: Counter | None = None):
     if len(points) == 0:
-        return np.zeros(points.shape[1])  # the tutorial's choice (LOSSES.md calls it a bug)
+        return np.zeros(points.shape[1])  # the tutorial's choice (a bug: the center jumps to the origin)
     if loss_type == "square":
         return np.mean(points, axis=0)
     if loss_type == "absolute":

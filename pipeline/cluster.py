@@ -2,8 +2,8 @@
 
 Reads only what `extract` wrote (features.npy, manifest.csv, cache_key.json) and writes,
 per loss, clusters/<loss>/{assignments.csv, centers.npy, summary.json}. A loss whose
-inputs (features, configuration, engine version) are unchanged since its summary was
-written is not recomputed.
+inputs (features, configuration, and the engine's code for that loss, see
+`kmeans.engine_fingerprint`) are unchanged since its summary was written is not recomputed.
 """
 
 from __future__ import annotations
@@ -24,12 +24,11 @@ from . import atomic, faults
 from .cache import key_id, load_embedded
 from .config import ClusterConfig
 from .errors import UserError
-from .kmeans import GeneralizedKMeans
+from .kmeans import GeneralizedKMeans, engine_fingerprint
 from .layout import Layout
 from .losses import PARAM_NAME, ParamScaleError, pointwise_loss
 from .tables import write_csv
 
-ENGINE_VERSION = 4  # bump when a change to the engine changes results, so caches refit
 ASSIGNMENT_COLUMNS = ["path", "cluster", "loss_to_center"]
 
 
@@ -57,7 +56,7 @@ def normalize_features(features: np.ndarray, mode: str) -> np.ndarray:
 def _fingerprint(features_fingerprint: str, cfg: ClusterConfig, loss: str) -> str:
     digest = hashlib.sha256(features_fingerprint.encode())
     settings = {"loss": loss, "k": cfg.k, "normalize": cfg.normalize, "seed": cfg.seed, "n_init": cfg.n_init,
-                "max_iter": cfg.max_iter, "param": cfg.params.get(loss), "engine": ENGINE_VERSION}
+                "max_iter": cfg.max_iter, "param": cfg.params.get(loss), "engine": engine_fingerprint(loss)}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 

@@ -37,7 +37,7 @@ class ExtractConfig:
 @dataclass(frozen=True)
 class ClusterConfig:
     k: int | str = 4  # or "auto": the k a `sweep` suggested
-    losses: tuple[str, ...] = LOSS_NAMES
+    losses: tuple[str, ...] = field(default_factory=lambda: tuple(LOSS_NAMES))  # every registered loss
     normalize: str = "l2"
     seed: int = 0
     n_init: int = 4

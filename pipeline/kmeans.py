@@ -1,7 +1,8 @@
 """The generalized k-means engine: k-means++ seeding, assign, update, restarts.
 
-    model = GeneralizedKMeans(n_clusters=8, loss="huber").fit(X)
+    model = GeneralizedKMeans(n_clusters=8, loss="huber").fit(X, sample_weight=None)
     model.labels_, model.cluster_centers_, model.objective_, model.n_iter_, model.params_
+    model.predict(X), model.transform(X), model.score(X), model.get_params()
 
 Each outer iteration assigns every point to its cheapest center (`losses.assign`) and
 moves every center to (or towards) the minimiser of its members' loss
@@ -13,7 +14,14 @@ Computation is float32 on the chosen device (CUDA when available), sums in float
 
 from __future__ import annotations
 
+import ast
+import functools
+import hashlib
+import inspect
 import math
+import os
+import sys
+import textwrap
 from collections.abc import Callable
 
 import numpy as np
@@ -46,188 +54,393 @@ def resolve_device(name: str | torch.device, prefer_mps: bool = False) -> torch.
     return torch.device(name)
 
 
+class NotFittedError(LossInputError, AttributeError):
+    """predict, transform or score before fit (a ValueError and an AttributeError, as scikit-learn's)."""
+
+
+def _check_k(n_clusters, n_rows: int) -> None:
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or n_clusters < 1:
+        raise LossInputError(f"n_clusters (k) must be an integer >= 1; got {n_clusters!r}")
+    if n_clusters > n_rows:
+        raise LossInputError(f"n_clusters (k) = {n_clusters} is larger than the {n_rows} points")
+    # Fewer distinct rows than k is caught by k-means++ (it runs out of new points),
+    # which costs nothing, unlike sorting every row here.
+
+
+def _refuse_bad_rows(bad_rows: np.ndarray, n: int) -> None:
+    if len(bad_rows):
+        raise LossInputError(f"{len(bad_rows)} of {n} feature rows contain NaN or Inf (first: row "
+                             f"{bad_rows[0]}); drop or fix them before clustering")
+
+
 def validate_features(X, n_clusters: int | None = None) -> np.ndarray:
     """Check a feature matrix and return it as a C-contiguous float32 array.
 
     Errors name the problem: not 2-D, empty, NaN/Inf rows (how many, which first),
     k < 1 or larger than the number of rows (`kmeans_plus_plus` catches k larger than
-    the number of distinct rows).
+    the number of distinct rows). (`GeneralizedKMeans` checks a torch tensor where it
+    lies, with `validate_tensor`.)
     """
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
     X = np.asarray(X)
-    if X.ndim != 2:
-        raise LossInputError(f"features must be a 2-D matrix (n points x d dimensions); got shape {X.shape}")
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise LossInputError(f"features matrix is empty (shape {X.shape}); nothing to cluster")
+    _check_shape(X.shape, X.ndim)
     if not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):
         raise LossInputError(f"features must be real numbers; got dtype {X.dtype}")
     X = np.ascontiguousarray(X, dtype=np.float32)
-    bad = ~np.isfinite(X).all(axis=1)
-    if bad.any():
-        rows = np.flatnonzero(bad)
-        raise LossInputError(f"{len(rows)} of {X.shape[0]} feature rows contain NaN or Inf (first: row "
-                             f"{rows[0]}); drop or fix them before clustering")
+    _refuse_bad_rows(np.flatnonzero(~np.isfinite(X).all(axis=1)), X.shape[0])
     if n_clusters is not None:
-        if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or n_clusters < 1:
-            raise LossInputError(f"n_clusters (k) must be an integer >= 1; got {n_clusters!r}")
-        if n_clusters > X.shape[0]:
-            raise LossInputError(f"n_clusters (k) = {n_clusters} is larger than the {X.shape[0]} points")
-        # Fewer distinct rows than k is caught by k-means++ (it runs out of new points),
-        # which costs nothing, unlike sorting every row here.
+        _check_k(n_clusters, X.shape[0])
     return X
 
 
-def kmeans_plus_plus(X: torch.Tensor, k: int, rng: np.random.Generator, trials: int | None = None) -> torch.Tensor:
+def _check_shape(shape, ndim: int) -> None:
+    if ndim != 2:
+        raise LossInputError(f"features must be a 2-D matrix (n points x d dimensions); got shape {tuple(shape)}")
+    if shape[0] == 0 or shape[1] == 0:
+        raise LossInputError(f"features matrix is empty (shape {tuple(shape)}); nothing to cluster")
+
+
+def validate_tensor(X: torch.Tensor, device: torch.device, n_clusters: int | None = None) -> torch.Tensor:
+    """`validate_features` for a torch tensor, on `device` (no copy through the CPU):
+    a contiguous float32 tensor, or the same errors."""
+    _check_shape(X.shape, X.dim())
+    if X.is_complex() or X.dtype == torch.bool:
+        raise LossInputError(f"features must be real numbers; got dtype {X.dtype}")
+    X = X.detach().to(device=device, dtype=torch.float32).contiguous()
+    bad = ~torch.isfinite(X).all(1)
+    if bool(bad.any()):
+        _refuse_bad_rows(torch.nonzero(bad).flatten().cpu().numpy(), X.shape[0])
+    if n_clusters is not None:
+        _check_k(n_clusters, X.shape[0])
+    return X
+
+
+def validate_sample_weight(sample_weight, n: int, device: torch.device) -> torch.Tensor | None:
+    """None, or n finite weights >= 0 with a positive sum, as float64 on `device`."""
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, torch.Tensor):
+        w = sample_weight.detach().to(device=device, dtype=torch.float64)
+    else:
+        w = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64), device=device)
+    if w.shape != (n,):
+        raise LossInputError(f"sample_weight must hold one weight per point ({n}); got shape {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not float(w.sum()) > 0:
+        raise LossInputError("sample_weight must be finite and >= 0, with a positive sum")
+    return w.contiguous()
+
+
+def kmeans_plus_plus(X: torch.Tensor, k: int, rng: np.random.Generator, trials: int | None = None,
+                     sample_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Greedy k-means++ seeding on squared distance (as scikit-learn): indices of k rows.
 
     Each new center is the best of `trials` (default 2 + log k) candidates drawn with
-    probability proportional to the squared distance to the nearest chosen center.
+    probability proportional to the (weighted) squared distance to the nearest chosen
+    center; the best candidate leaves the smallest (weighted) sum of those distances.
+    With `sample_weight` the first center is drawn with probability proportional to the
+    weight, and a point of weight 0 is never chosen.
     """
     n = X.shape[0]
     trials = trials or 2 + int(math.log(k))
     x_sq = L.row_sq_norms(X)
-    first = int(rng.integers(n))
+    w = sample_weight
+    if w is None:
+        first = int(rng.integers(n))
+    else:
+        cumulative_w = torch.cumsum(w, 0)
+        u = torch.as_tensor([rng.random() * float(cumulative_w[-1])], dtype=torch.float64, device=X.device)
+        first = int(torch.searchsorted(cumulative_w, u, right=True).clamp(max=n - 1))
     chosen = [first]
     closest = (x_sq - 2 * X @ X[first] + x_sq[first]).clamp(min=0).double()
     for _ in range(1, k):
-        cumulative = torch.cumsum(closest, 0)
+        cumulative = torch.cumsum(closest if w is None else closest * w, 0)
         total = float(cumulative[-1])
         if total <= 0:  # every point sits on one of the distinct centers chosen so far
-            raise LossInputError(f"n_clusters (k) = {k} is larger than the {len(chosen)} distinct points; "
-                                 "choose a smaller k")
+            raise LossInputError(f"n_clusters (k) = {k} is larger than the {len(chosen)} distinct points"
+                                 f"{'' if w is None else ' of positive weight'}; choose a smaller k")
         u = torch.as_tensor(rng.random(trials) * total, dtype=torch.float64, device=X.device)
         candidates = torch.searchsorted(cumulative, u, right=True).clamp(max=n - 1)
         d2 = (x_sq[:, None] - 2 * X @ X[candidates].T + x_sq[candidates][None, :]).clamp(min=0).double()
         options = torch.minimum(closest[:, None], d2)
-        best = int(options.sum(0).argmin())
+        best = int((options.sum(0) if w is None else (options * w[:, None]).sum(0)).argmin())
         chosen.append(int(candidates[best]))
         closest = options[:, best]
     return torch.tensor(chosen, dtype=torch.int64, device=X.device)
 
 
+def _code_text(obj) -> str:
+    """The code of a module, class or function, without comments, docstrings or layout
+    (its AST), so that editing prose never invalidates a cache; the raw source where it
+    does not parse alone (a lambda), the bytecode where there is no source."""
+    try:
+        source = textwrap.dedent(inspect.getsource(obj))
+    except (OSError, TypeError):
+        code = getattr(getattr(obj, "__func__", obj), "__code__", None)
+        return repr((code.co_code, code.co_consts, code.co_names)) if code is not None else repr(obj)
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+@functools.lru_cache(maxsize=8)
+def _module_text_at(name: str, mtime_ns: int) -> str:
+    return _code_text(sys.modules[name])
+
+
+def _module_text(name: str) -> str:
+    """A module's code text, parsed once per version of its file."""
+    return _module_text_at(name, os.stat(sys.modules[name].__file__).st_mtime_ns)
+
+
+def engine_fingerprint(loss: str) -> str:
+    """A digest of everything that decides `loss`'s clustering numerics: the code of the
+    engine (this module and pipeline.losses), of the loss's class and its bases, of the
+    methods the registered instance actually has (a patched method counts) and its
+    settings. The cluster stage keys its cache on it: change the math, the cache refits."""
+    spec = L.get_loss(loss)
+    digest = hashlib.sha256()
+    parts = [_module_text(__name__), _module_text(L.__name__)]
+    parts += [_code_text(klass) for klass in type(spec).__mro__ if klass not in (L.Loss, object)]
+    parts += [_code_text(getattr(spec, name)) for name in L.Loss.METHODS]
+    parts.append(repr([(name, getattr(spec, name)) for name in L.Loss.SETTINGS]))
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
 def auto_param_at(X: torch.Tensor, k: int, loss: str, seed: int = 0) -> float | None:
     """The parameter `param="auto"` gives `loss` at k clusters on X (None for square/absolute)."""
-    return GeneralizedKMeans(k, loss, n_init=1, seed=seed, device=X.device)._resolve_param(X, None)
+    return GeneralizedKMeans(k, loss, n_init=1, seed=seed, device=X.device)._resolve_param(X, None, None)
+
+
+def _is_tensor(X) -> bool:
+    return isinstance(X, torch.Tensor)
 
 
 class GeneralizedKMeans:
-    """k-means under any of the six losses of `pipeline.losses`.
+    """k-means under any registered loss of `pipeline.losses`, shaped like a scikit-learn
+    estimator (get_params/set_params, fit/predict/transform/score; no scikit-learn needed).
 
-    Parameters
+    Parameters (stored as given; checked by `fit`)
     ----------
     n_clusters : k >= 1.
-    loss : square | absolute | huber | pseudo_huber | correntropy | epsilon_insensitive.
-    param : the loss's parameter (delta, sigma or epsilon): a positive number, or "auto"
-        (default) to derive it from the data's scale (`losses.auto_param` on the
-        residuals of a square-loss fit). Ignored by square and absolute. A number more
-        than 1e4 times smaller or larger than the data's scale (`losses.data_scale`) is
-        refused with `losses.ParamScaleError`; auto values are kept inside that range.
-    init : "k-means++" (default) or a (k, d) array of initial centers (then n_init = 1).
-    n_init, max_iter, tol, seed, device : restarts, outer iterations per restart,
-        relative objective change that counts as converged, random seed, torch device.
+    loss : a registered loss name: square | absolute | huber | pseudo_huber | correntropy |
+        epsilon_insensitive, or one added with `losses.register`.
+    param : the loss's parameter (delta, sigma, epsilon...): a positive number, or "auto"
+        (default) to derive it from the data's scale (the loss's `auto_rule` on the
+        residuals of a square-loss fit). Ignored by losses without one. A number outside
+        the loss's usable range for the data's scale (1e-4 to 1e4 times
+        `losses.data_scale`) is refused with `losses.ParamScaleError`; auto values are
+        kept inside that range.
+    init : "k-means++" (default) or a (k, d) array or tensor of initial centers (then n_init = 1).
+    n_init, max_iter, tol : restarts, outer iterations per restart, relative objective
+        change that counts as converged.
+    seed, random_state : the random seed (random_state, scikit-learn's name, wins when set).
+    device : torch device; "auto" is the device of a tensor X, else CUDA when available, else CPU.
     inner_steps : majorize-minimize steps per center update (default per loss).
     on_iteration : called as on_iteration(iteration, objective) after every outer
         iteration of every restart (for progress bars).
+
+    After `fit`: labels_ (n,), cluster_centers_ (k, d) float32 (NumPy arrays), objective_
+    (the weighted sum of each point's loss to its center; inertia_ is the same number),
+    objective_history_ (the objective after each iteration of the winning restart), n_iter_,
+    converged_, params_ ({parameter name: value used}), n_features_in_, device_.
+    X may be a NumPy array or a torch tensor on any device: a tensor is clustered where it
+    lies, and predict/transform/fit_predict then answer with tensors on its device.
     """
 
     def __init__(self, n_clusters: int = 8, loss: str = "square", param: float | str | None = "auto", *,
                  init="k-means++", n_init: int = 4, max_iter: int = 100, tol: float = 1e-6, seed: int = 0,
                  device: str | torch.device = "auto", inner_steps: int | None = None,
-                 on_iteration: Callable[[int, float], None] | None = None):
-        self.n_clusters, self.loss, self.param, self.init = n_clusters, L.check_loss(loss), param, init
+                 on_iteration: Callable[[int, float], None] | None = None, random_state: int | None = None):
+        self.n_clusters, self.loss, self.param, self.init = n_clusters, loss, param, init
         self.n_init, self.max_iter, self.tol, self.seed = n_init, max_iter, tol, seed
         self.device, self.inner_steps, self.on_iteration = device, inner_steps, on_iteration
-        for name, value, low in (("n_init", n_init, 1), ("max_iter", max_iter, 1)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise LossInputError(f"{name} must be an integer >= {low}; got {value!r}")
-        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
-            raise LossInputError(f"tol must be a finite number >= 0; got {tol!r}")
-        if loss in PARAM_NAME and param != "auto":
-            L.validate_param(loss, param)
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ scikit-learn protocol
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's arguments as stored (scikit-learn's clone relies on this)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params) -> "GeneralizedKMeans":
+        """Set constructor arguments by name (checked by the next fit); returns self."""
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise LossInputError(f"invalid parameter {name!r} for GeneralizedKMeans; valid: {', '.join(valid)}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = type(self)().get_params()
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if not _same(v, defaults[k])]
+        return f"GeneralizedKMeans({', '.join(changed)})"
 
     # ------------------------------------------------------------------ public API
 
-    def fit(self, X) -> "GeneralizedKMeans":
-        Xn = validate_features(X, self.n_clusters)
-        device = resolve_device(self.device)
-        Xt = torch.from_numpy(Xn).to(device)
+    def fit(self, X, y=None, sample_weight=None) -> "GeneralizedKMeans":
+        """Cluster X (n, d); `y` is ignored; `sample_weight` (n,) weights each point's loss."""
+        self._check_settings()
+        Xt, device = self._input(X, self.n_clusters)
+        weight = validate_sample_weight(sample_weight, Xt.shape[0], device)
         k = self.n_clusters
-        explicit = self._explicit_init(Xn)
-        param = self._resolve_param(Xt, explicit)
+        explicit = self._explicit_init(Xt)
+        param = self._resolve_param(Xt, explicit, weight)
 
         best = None
         for run in range(1 if explicit is not None else self.n_init):
-            rng = np.random.default_rng([self.seed, run])
-            C0 = explicit.to(device) if explicit is not None else Xt[kmeans_plus_plus(Xt, k, rng)].clone()
-            result = self._lloyd(Xt, C0, param)
+            rng = np.random.default_rng([self._seed(), run])
+            C0 = explicit if explicit is not None else Xt[kmeans_plus_plus(Xt, k, rng, sample_weight=weight)].clone()
+            result = self._lloyd(Xt, C0, param, weight=weight)
             if best is None or result[2] < best[2]:
                 best = result
-        labels, centers, objective, n_iter, converged = self._polish(Xt, best, param)
+        labels, centers, objective, n_iter, converged, history = self._polish(Xt, best, param, weight)
         self._check_filled(labels, objective)
+        spec = L.get_loss(self.loss)
+        self._centers, self._fitted_loss = centers, spec.name  # set_params(loss=...) needs a new fit
         self.labels_ = labels.cpu().numpy()
         self.cluster_centers_ = centers.cpu().numpy()
-        self.objective_ = float(objective)
+        self.objective_ = self.inertia_ = float(objective)
+        self.objective_history_ = list(history)
         self.n_iter_ = int(n_iter)
         self.converged_ = bool(converged)
-        self.params_ = {PARAM_NAME[self.loss]: float(param)} if self.loss in PARAM_NAME else {}
+        self.params_ = {spec.param_name: float(param)} if spec.param_name is not None else {}
+        self.n_features_in_ = int(Xt.shape[1])
         self.device_ = device
         return self
 
-    def predict(self, X) -> np.ndarray:
-        if not hasattr(self, "cluster_centers_"):
-            raise LossInputError("call fit() before predict()")
-        Xn = validate_features(X)
-        if Xn.shape[1] != self.cluster_centers_.shape[1]:
-            raise LossInputError(f"X has {Xn.shape[1]} dimensions, the model was fitted on "
-                                 f"{self.cluster_centers_.shape[1]}")
-        Xt = torch.from_numpy(Xn).to(self.device_)
-        C = torch.from_numpy(self.cluster_centers_).to(self.device_)
-        return L.assign(Xt, C, self.loss, self._param_value()).cpu().numpy()
+    def fit_predict(self, X, y=None, sample_weight=None):
+        """fit, then the labels (a tensor on X's device when X is a tensor)."""
+        self.fit(X, sample_weight=sample_weight)
+        return torch.from_numpy(self.labels_).to(X.device) if _is_tensor(X) else self.labels_
+
+    def predict(self, X):
+        """Index of the cheapest center for every row of X."""
+        Xt = self._fitted_input(X, "predict")
+        labels = L.assign(Xt, self._centers, self._fitted_loss, self._param_value())
+        return self._answer(labels, X)
+
+    def transform(self, X):
+        """(n, k): the loss of every row of X to every center."""
+        Xt = self._fitted_input(X, "transform")
+        return self._answer(L.cost_matrix(Xt, self._centers, self._fitted_loss, self._param_value()), X)
+
+    def score(self, X, y=None, sample_weight=None) -> float:
+        """Minus the objective of X under the fitted centers (each row on its cheapest
+        center; weighted by `sample_weight`): larger is better, as scikit-learn's."""
+        Xt = self._fitted_input(X, "score")
+        weight = validate_sample_weight(sample_weight, Xt.shape[0], Xt.device)
+        loss, param = self._fitted_loss, self._param_value()
+        labels = L.assign(Xt, self._centers, loss, param)
+        per_point = L.loss_to_centers(Xt, self._centers, labels, loss, param).double()
+        return -float(per_point.sum() if weight is None else (per_point * weight).sum())
 
     def loss_to_center(self, X) -> np.ndarray:
-        """Each row's loss to the center it is assigned to (float64)."""
-        labels = self.predict(X)
-        Xt = torch.from_numpy(validate_features(X)).to(self.device_)
-        C = torch.from_numpy(self.cluster_centers_).to(self.device_)
-        return L.loss_to_centers(Xt, C, torch.from_numpy(labels).to(self.device_), self.loss,
-                                 self._param_value()).double().cpu().numpy()
+        """Each row's loss to the center it is assigned to (float64 NumPy array)."""
+        Xt = self._fitted_input(X, "loss_to_center")
+        loss, param = self._fitted_loss, self._param_value()
+        labels = L.assign(Xt, self._centers, loss, param)
+        return L.loss_to_centers(Xt, self._centers, labels, loss, param).double().cpu().numpy()
+
+    # ------------------------------------------------------------------ input and settings
+
+    def _seed(self):
+        return self.seed if self.random_state is None else self.random_state
+
+    def _check_settings(self) -> None:
+        spec = L.get_loss(self.loss)
+        for name, value, low in (("n_init", self.n_init, 1), ("max_iter", self.max_iter, 1)):
+            if not _integer_at_least(value, low):
+                raise LossInputError(f"{name} must be an integer >= {low}; got {value!r}")
+        if not (isinstance(self.tol, (int, float)) and not isinstance(self.tol, bool)
+                and math.isfinite(self.tol) and self.tol >= 0):
+            raise LossInputError(f"tol must be a finite number >= 0; got {self.tol!r}")
+        if self.inner_steps is not None and not _integer_at_least(self.inner_steps, 1):
+            raise LossInputError(f"inner_steps must be None or an integer >= 1; got {self.inner_steps!r}")
+        if not _integer_at_least(self._seed(), 0):
+            raise LossInputError(f"seed (random_state) must be an integer >= 0; got {self._seed()!r}")
+        if spec.param_name is not None and self.param != "auto":
+            L.validate_param(spec.name, self.param)
+
+    def _input(self, X, n_clusters=None) -> tuple[torch.Tensor, torch.device]:
+        """X as a float32 tensor on the device it will be clustered on, checked."""
+        if _is_tensor(X):
+            device = X.device if self.device == "auto" else resolve_device(self.device)
+            return validate_tensor(X, device, n_clusters), device
+        device = resolve_device(self.device)
+        return torch.from_numpy(validate_features(X, n_clusters)).to(device), device
+
+    def _fitted_input(self, X, action: str) -> torch.Tensor:
+        if not hasattr(self, "_centers"):
+            raise NotFittedError(f"this GeneralizedKMeans is not fitted yet: call fit(X) before {action}()")
+        Xt = validate_tensor(X, self.device_) if _is_tensor(X) else \
+            torch.from_numpy(validate_features(X)).to(self.device_)
+        if Xt.shape[1] != self.n_features_in_:
+            raise LossInputError(f"X has {Xt.shape[1]} dimensions, the model was fitted on {self.n_features_in_}")
+        return Xt
+
+    @staticmethod
+    def _answer(result: torch.Tensor, X):
+        """A tensor on X's device for tensor input, else a NumPy array."""
+        return result.to(X.device) if _is_tensor(X) else result.cpu().numpy()
 
     # ------------------------------------------------------------------ internals
 
     def _param_value(self) -> float | None:
         return next(iter(self.params_.values())) if self.params_ else None
 
-    def _explicit_init(self, Xn: np.ndarray) -> torch.Tensor | None:
+    def _explicit_init(self, X: torch.Tensor) -> torch.Tensor | None:
         if isinstance(self.init, str):
             if self.init != "k-means++":
                 raise LossInputError(f"init must be 'k-means++' or a (k, d) array of centers; got {self.init!r}")
             return None
-        C0 = np.asarray(self.init, dtype=np.float32)
-        if C0.shape != (self.n_clusters, Xn.shape[1]) or not np.isfinite(C0).all():
-            raise LossInputError(f"init array must be finite with shape ({self.n_clusters}, {Xn.shape[1]}); "
-                                 f"got {C0.shape}")
-        return torch.from_numpy(np.ascontiguousarray(C0))
+        if _is_tensor(self.init):
+            C0 = self.init.detach().to(device=X.device, dtype=torch.float32).contiguous()
+        else:
+            C0 = torch.from_numpy(np.ascontiguousarray(np.asarray(self.init, dtype=np.float32))).to(X.device)
+        if tuple(C0.shape) != (self.n_clusters, X.shape[1]) or not bool(torch.isfinite(C0).all()):
+            raise LossInputError(f"init array must be finite with shape ({self.n_clusters}, {X.shape[1]}); "
+                                 f"got {tuple(C0.shape)}")
+        return C0
 
-    def _resolve_param(self, X: torch.Tensor, explicit: torch.Tensor | None) -> float | None:
-        if self.loss not in PARAM_NAME:
+    def _resolve_param(self, X: torch.Tensor, explicit: torch.Tensor | None,
+                       weight: torch.Tensor | None) -> float | None:
+        spec = L.get_loss(self.loss)
+        if spec.param_name is None:
             return None
-        scale = L.data_scale(X, self.loss)
+        scale = L.data_scale(X, spec.name)
         if self.param != "auto":
-            return L.check_param_scale(self.loss, L.validate_param(self.loss, self.param), scale)
+            return L.check_param_scale(spec.name, L.validate_param(spec.name, self.param), scale)
         # The scale comes from the residuals of a short square-loss fit of the same data.
         if explicit is not None:
             C0 = explicit.to(X.device)
         else:
-            C0 = X[kmeans_plus_plus(X, self.n_clusters, np.random.default_rng([self.seed, 0]))].clone()
-        labels, centers, *_ = self._lloyd(X, C0, None, loss="square", max_iter=min(self.max_iter, 20))
-        return L.clamp_to_range(L.auto_param(X, centers, labels, self.loss), scale)
+            rng = np.random.default_rng([self._seed(), 0])
+            C0 = X[kmeans_plus_plus(X, self.n_clusters, rng, sample_weight=weight)].clone()
+        labels, centers, *_ = self._lloyd(X, C0, None, loss="square", max_iter=min(self.max_iter, 20), weight=weight)
+        return L.clamp_to_range(L.auto_param(X, centers, labels, spec.name), scale, spec.name)
 
-    def _reseed_empty(self, X, C, labels, loss, param) -> torch.Tensor:
+    def _reseed_empty(self, X, C, labels, loss, param, weight=None) -> torch.Tensor:
         """Empty clusters move to the points with the largest loss to their center.
 
         Ties (a saturated or flat loss gives many points the same cost) go to the point
-        farthest from its center, so a new center never lands on an old one.
+        farthest from its center, so a new center never lands on an old one. Points of
+        weight 0 come last.
         """
         counts = torch.bincount(labels, minlength=C.shape[0])
         empty = torch.nonzero(counts == 0).flatten()
@@ -235,6 +448,8 @@ class GeneralizedKMeans:
             return C
         cost = L.loss_to_centers(X, C, labels, loss, param)
         distance = L.loss_to_centers(X, C, labels, "square", None)
+        if weight is not None:
+            cost, distance = (torch.where(weight > 0, v, torch.full_like(v, -1.0)) for v in (cost, distance))
         by_distance = torch.argsort(distance, descending=True, stable=True)
         order = by_distance[torch.argsort(cost[by_distance], descending=True, stable=True)]
         C = C.clone()
@@ -252,38 +467,56 @@ class GeneralizedKMeans:
             raise LossInputError(f"{self.loss}: the objective is {objective} (the loss overflowed on these "
                                  "features); use param auto or rescale the features")
 
-    def _lloyd(self, X, C, param, loss=None, max_iter=None):
+    @staticmethod
+    def _total(cost: torch.Tensor, weight: torch.Tensor | None) -> float:
+        return float(cost.double().sum() if weight is None else (cost.double() * weight).sum())
+
+    def _lloyd(self, X, C, param, loss=None, max_iter=None, weight=None):
+        """One restart from centers C: (labels, centers, objective, iterations, converged, history)."""
         loss = loss or self.loss
+        spec = L.get_loss(loss)
         max_iter = max_iter or self.max_iter
         # The loop tracks the objective from the assignment pass itself (free); the exact
         # value (no GEMM rounding) is computed once at the end.
         # squared norms for the GEMM-based assignments, computed once for the whole loop
-        x_sq = L.row_sq_norms(X) if loss == "square" or loss in L.DISTANCE_LOSSES else None
+        x_sq = L.row_sq_norms(X) if spec.by_distance else None
         labels, cost = L.assign(X, C, loss, param, with_cost=True, x_sq=x_sq)
-        objective = float(cost.double().sum())
-        converged, n_iter = False, 0
+        objective = self._total(cost, weight)
+        converged, n_iter, history = False, 0, []
         for n_iter in range(1, max_iter + 1):
-            C = self._reseed_empty(X, C, labels, loss, param)
-            C = L.update_centers(X, labels, C, loss, param, steps=self.inner_steps)
+            C = self._reseed_empty(X, C, labels, loss, param, weight)
+            C = L.update_centers(X, labels, C, loss, param, steps=self.inner_steps, sample_weight=weight)
             new_labels, cost = L.assign(X, C, loss, param, with_cost=True, x_sq=x_sq)
-            new_objective = float(cost.double().sum())
+            new_objective = self._total(cost, weight)
             stable = bool(torch.equal(new_labels, labels))
             change = abs(objective - new_objective) / max(abs(objective), 1e-300)
             labels, objective = new_labels, new_objective
+            history.append(objective)
             if self.on_iteration is not None and loss == self.loss:
                 self.on_iteration(n_iter, objective)
-            if stable and (change <= self.tol or loss in ("square", "absolute")):
+            if stable and (change <= self.tol or spec.exact_update):
                 converged = True  # exact updates: same labels means the same centers next time
                 break
-        objective = float(L.loss_to_centers(X, C, labels, loss, param).double().sum())
-        return labels, C, objective, n_iter, converged
+        objective = self._total(L.loss_to_centers(X, C, labels, loss, param), weight)
+        return labels, C, objective, n_iter, converged, history
 
-    def _polish(self, X, result, param):
-        """epsilon-insensitive only: finish the best restart's centers (see losses.polish_centers)."""
-        labels, C, objective, n_iter, converged = result
-        if self.loss != "epsilon_insensitive":
+    def _polish(self, X, result, param, weight=None):
+        """Finish the best restart's centers where the loss has a `polish` (epsilon-insensitive)."""
+        labels, C, objective, n_iter, converged, history = result
+        C = L.get_loss(self.loss).polish(X, labels, C, param, sample_weight=weight)
+        if C is None:
             return result
-        C = L.polish_centers(X, labels, C, param)
         labels = L.assign(X, C, self.loss, param)
-        objective = float(L.loss_to_centers(X, C, labels, self.loss, param).double().sum())
-        return labels, C, objective, n_iter, converged
+        objective = self._total(L.loss_to_centers(X, C, labels, self.loss, param), weight)
+        return labels, C, objective, n_iter, converged, history
+
+
+def _integer_at_least(value, low: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= low
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b) if not isinstance(a, (np.ndarray, torch.Tensor)) else a is b
+    except (TypeError, ValueError, RuntimeError):
+        return a is b

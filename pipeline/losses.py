@@ -1,45 +1,43 @@
-"""The six clustering losses of the tutorial, each defined once, with the math below.
+"""The clustering losses, each one class in a registry, with its math in its docstring.
 
 Everything here works on torch tensors and runs unchanged on CPU or CUDA. Computation
 happens in the dtype of `X` (float32 in the engine, float64 in tests); every sum over
 points is accumulated in float64 (the mean's per-chunk partial sums, at most a few
 thousand rows each, in the data's dtype).
 
-Notation: `r = x - mu` (a residual vector), `d = ||r||_2`.
+Notation: `r = x - mu` (a residual vector), `d = ||r||_2`, `w_i` an optional sample weight.
 
-| loss                  | loss(x, mu)                                   | parameter |
-|-----------------------|-----------------------------------------------|-----------|
-| square                | sum_j r_j^2                                   |           |
-| absolute              | sum_j |r_j|                                   |           |
-| huber                 | sum_j h(r_j), h = t^2/2 or delta(|t|-delta/2) | delta     |
-| pseudo_huber          | sum_j delta^2 (sqrt(1 + (r_j/delta)^2) - 1)   | delta     |
-| correntropy           | 1 - exp(-d^2 / (2 sigma^2))                   | sigma     |
-| epsilon_insensitive   | max(0, d - epsilon)                           | epsilon   |
+| class              | name                  | loss(x, mu)                                   | parameter |
+|--------------------|-----------------------|-----------------------------------------------|-----------|
+| Square             | square                | sum_j r_j^2                                   |           |
+| Absolute           | absolute              | sum_j |r_j|                                   |           |
+| Huber              | huber                 | sum_j h(r_j), h = t^2/2 or delta(|t|-delta/2) | delta     |
+| PseudoHuber        | pseudo_huber          | sum_j delta^2 (sqrt(1 + (r_j/delta)^2) - 1)   | delta     |
+| Correntropy        | correntropy           | 1 - exp(-d^2 / (2 sigma^2))                   | sigma     |
+| EpsilonInsensitive | epsilon_insensitive   | max(0, d - epsilon)                           | epsilon   |
 
-Public functions: `pointwise_loss`, `cost_matrix`, `assign`, `loss_to_centers`,
-`cluster_objectives`, `update_centers`, `polish_centers`, `auto_param`, `validate_param`,
-`data_scale`, `check_param_scale`.
+A loss is a subclass of `Loss` registered with `@register` (see `Loss` for what a class
+declares and which methods it may override); `get_loss(name)` returns the registered
+instance or raises `LossInputError` naming every choice. The module-level names
+(`LOSS_NAMES`, `PARAM_NAME`, `check_loss`, `pointwise_loss`, `cost_matrix`, `assign`,
+`loss_to_centers`, `cluster_objectives`, `update_centers`, `auto_param`, ...) are thin
+views over the registry, so a loss registered later shows up in all of them.
 No function loops in Python over points or point-center pairs: work is done in row
 chunks (and center chunks) whose size is bounded by `max_chunk_bytes`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from types import MappingProxyType
 
 import numpy as np
 import torch
 
 from .errors import UserError
-
-LOSS_NAMES = ("square", "absolute", "huber", "pseudo_huber", "correntropy", "epsilon_insensitive")
-PARAM_NAME = {"huber": "delta", "pseudo_huber": "delta", "correntropy": "sigma", "epsilon_insensitive": "epsilon"}
-
-# Losses that are a sum over coordinates (cost matrix needs an elementwise pass over d)
-# and losses that are a monotone function of the Euclidean distance (argmin via GEMM).
-COORDINATE_LOSSES = ("square", "absolute", "huber", "pseudo_huber")
-DISTANCE_LOSSES = ("correntropy", "epsilon_insensitive")
 
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
 # On CPU, blocks that stay in the L2/L3 cache beat big ones by 2-3x (and big fresh
@@ -47,7 +45,7 @@ DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
 _CPU_BLOCK_BYTES = 2 * 2**20
 _CPU_GEMM_BLOCK_BYTES = 8 * 2**20
 
-# auto_param constants, quoted by the docstring of auto_param.
+# auto_param constants, quoted by the docstrings of the loss classes.
 HUBER_EFFICIENCY = 1.345  # Huber's constant for 95% efficiency under Gaussian noise
 MAD_TO_SIGMA = 1.4826  # MAD * 1.4826 estimates the standard deviation of Gaussian noise
 EPSILON_QUANTILE = 0.1
@@ -58,10 +56,6 @@ AUTO_MAX_ROWS = 16384  # 16384 x 512 float64 residuals: 64 MB
 # no clustering needs it, so it is refused rather than fitted.
 PARAM_SCALE_RANGE = 1e4
 
-# Inner-step defaults of update_centers per loss (the engine's outer loop keeps going, so
-# a few majorize-minimize steps per outer iteration suffice).
-DEFAULT_INNER_STEPS = {"huber": 3, "pseudo_huber": 3, "correntropy": 5, "epsilon_insensitive": 3}
-
 
 class LossInputError(UserError, ValueError):
     """Bad loss name, parameter or input array. A ValueError for library callers and a
@@ -70,73 +64,6 @@ class LossInputError(UserError, ValueError):
 
 class ParamScaleError(LossInputError):
     """A loss parameter far outside the data's scale (callers may say where it was set)."""
-
-
-# ----------------------------------------------------------------------------- validation
-
-def check_loss(loss: str) -> str:
-    """Return `loss` if it is one of the six names, else raise naming all six."""
-    if loss not in LOSS_NAMES:
-        raise LossInputError(f"unknown loss {loss!r}; choose one of: {', '.join(LOSS_NAMES)}")
-    return loss
-
-
-def validate_param(loss: str, value: float | None) -> float | None:
-    """Check the numeric parameter of `loss` and return it as a float.
-
-    square/absolute take no parameter: `value` must be None (returns None). The other
-    four need a finite number > 0; the error names the parameter (delta, sigma, epsilon).
-    """
-    check_loss(loss)
-    if loss not in PARAM_NAME:
-        if value is not None:
-            raise LossInputError(f"loss {loss!r} takes no parameter; got {value!r}")
-        return None
-    name = PARAM_NAME[loss]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-        raise LossInputError(f"{name} (parameter of {loss}) must be a positive number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or number <= 0:
-        raise LossInputError(f"{name} (parameter of {loss}) must be a positive finite number, got {value!r}")
-    return number
-
-
-# ----------------------------------------------------------------------------- the losses
-
-def coordinate_loss(r: torch.Tensor, loss: str, param: float | None) -> torch.Tensor:
-    """Per-coordinate loss of residuals `r` (any shape) for the four coordinate-sum losses."""
-    if loss == "square":
-        return r * r
-    if loss == "absolute":
-        return r.abs()
-    if loss == "huber":
-        a = r.abs()
-        q = a.clamp(max=param)
-        return q * (a - 0.5 * q)  # |r|<=delta: r^2/2; else delta(|r| - delta/2)
-    if loss == "pseudo_huber":
-        # delta^2 (sqrt(1+u^2) - 1) rewritten as r^2 / (1 + sqrt(1+u^2)): no cancellation.
-        return r * r / (1.0 + torch.sqrt(1.0 + (r / param) ** 2))
-    raise ValueError(f"{loss!r} is not a coordinate-sum loss")
-
-
-def distance_loss(d2: torch.Tensor, loss: str, param: float | None) -> torch.Tensor:
-    """Loss as a function of the squared Euclidean distance `d2` (any shape)."""
-    if loss == "square":
-        return d2
-    if loss == "correntropy":
-        return -torch.expm1(-d2 / (2.0 * param * param))
-    if loss == "epsilon_insensitive":
-        return (torch.sqrt(d2) - param).clamp(min=0.0)
-    raise ValueError(f"{loss!r} is not a function of the distance alone")
-
-
-def pointwise_loss(X: torch.Tensor, C: torch.Tensor, loss: str, param: float | None) -> torch.Tensor:
-    """loss(X[i], C[i]) for matched rows: shape (n,), dtype of X."""
-    check_loss(loss)
-    r = X - C
-    if loss in DISTANCE_LOSSES:
-        return distance_loss((r * r).sum(-1), loss, param)
-    return coordinate_loss(r, loss, param).sum(-1)
 
 
 # ----------------------------------------------------------------------------- chunking
@@ -183,117 +110,15 @@ def _sq_distances(Xc: torch.Tensor, C: torch.Tensor, c_sq: torch.Tensor, out: to
     return d2.clamp_(min=0.0)
 
 
-def _coordinate_cost_block(Xc: torch.Tensor, C: torch.Tensor, loss: str, param: float | None) -> torch.Tensor:
-    """(rows, k) costs for the coordinate-sum losses, in center blocks bounded in memory."""
-    if loss == "square":
-        return _sq_distances(Xc, C, _sq_norms(C))
-    if loss == "absolute":
-        return torch.cdist(Xc, C, p=1.0)
-    out = torch.empty(Xc.shape[0], C.shape[0], dtype=Xc.dtype, device=Xc.device)
-    budget = (_CPU_BLOCK_BYTES if _is_cpu(Xc.device) else DEFAULT_MAX_CHUNK_BYTES) // Xc.element_size()
-    temporaries = 2 if loss == "pseudo_huber" else 1  # residuals and the denominator
-    per_block = max(1, min(C.shape[0], budget // max(1, Xc.shape[0] * Xc.shape[1] * temporaries)))
-    for cs in _row_slices(C.shape[0], per_block):
-        out[:, cs] = _fast_coordinate_costs(Xc, C[cs], loss, param)
-    return out
-
-
-def _fast_coordinate_costs(Xc: torch.Tensor, Cb: torch.Tensor, loss: str, param: float) -> torch.Tensor:
-    """(rows, centers) sums of huber or pseudo-huber over coordinates, with as few passes
-    over the rows x centers x d block as torch allows (this is the engine's hot loop):
-    huber through torch's fused kernel; pseudo-huber in the cancellation-free form
-    r^2 / (1 + sqrt(1 + u^2)) of `coordinate_loss` (delta^2 (sqrt(1 + u^2) - 1) rounds
-    to 0 in float32 once u^2 < 1e-7, i.e. delta above ~3000 residuals: every center
-    then costs 0 and all points fall into the first cluster)."""
-    shape = (Xc.shape[0], Cb.shape[0], Xc.shape[1])
-    if loss == "huber":
-        return torch.nn.functional.huber_loss(Xc[:, None, :].expand(shape), Cb[None, :, :].expand(shape),
-                                              reduction="none", delta=param).sum(-1)
-    r2 = (Xc[:, None, :] - Cb[None, :, :]).square_()
-    denominator = torch.mul(r2, 1.0 / (param * param)).add_(1.0).sqrt_().add_(1.0)
-    return r2.div_(denominator).sum(-1)
-
-
-def _cost_rows(X: torch.Tensor, k: int, loss: str, max_chunk_bytes: int) -> int:
-    """Rows per chunk of a cost-matrix pass: the (rows, k) block plus the loss's temporaries."""
-    if loss in COORDINATE_LOSSES and loss not in ("square", "absolute"):
-        # the broadcast residual block is rows x centers-in-block x d; keep at least 1 center
-        return _rows_for(X.shape[1] * min(k, 8), X.device, max_chunk_bytes, X.element_size())
-    if _is_cpu(X.device):  # GEMM blocks: measured best at ~8 MB (2 MB: +20% time, 32 MB: +20%)
-        return max(1, min(max_chunk_bytes, _CPU_GEMM_BLOCK_BYTES) // max(1, k * X.element_size() * 2))
-    return _rows_for(k, X.device, max_chunk_bytes * 4, X.element_size(), temporaries=2)
-
-
-def cost_matrix(X: torch.Tensor, C: torch.Tensor, loss: str, param: float | None,
-                max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> torch.Tensor:
-    """(n, k) matrix of loss(X[i], C[j]). Memory beyond the output is bounded by chunking."""
-    check_loss(loss)
-    out = torch.empty(X.shape[0], C.shape[0], dtype=X.dtype, device=X.device)
-    for s in _row_slices(X.shape[0], _cost_rows(X, C.shape[0], loss, max_chunk_bytes)):
-        out[s] = _block_costs(X[s], C, loss, param)
-    return out
-
-
-def _block_costs(Xc: torch.Tensor, C: torch.Tensor, loss: str, param: float | None) -> torch.Tensor:
-    if loss in DISTANCE_LOSSES:
-        return distance_loss(_sq_distances(Xc, C, _sq_norms(C)), loss, param)
-    return _coordinate_cost_block(Xc, C, loss, param)
-
-
-def assign(X: torch.Tensor, C: torch.Tensor, loss: str, param: float | None,
-           max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES, with_cost: bool = False,
-           x_sq: torch.Tensor | None = None):
-    """Index of the cheapest center for every row of X (the n x k matrix is never built whole).
-
-    Correntropy and epsilon-insensitive are non-decreasing in the Euclidean distance, so
-    their argmin is the nearest center by distance (this also breaks epsilon's ties at 0
-    by distance, as LOSSES.md asks); both share the square loss's GEMM. With
-    `with_cost=True` also returns each row's cost to its center, from the same pass (for
-    the distance losses through the GEMM expansion, so with its rounding: use
-    `loss_to_centers` where exact values matter). `x_sq`, the rows' squared norms, saves
-    recomputing them when the caller assigns the same X many times.
-    """
-    check_loss(loss)
-    rows = _cost_rows(X, C.shape[0], loss, max_chunk_bytes)
-    labels = torch.empty(X.shape[0], dtype=torch.int64, device=X.device)
-    cost = torch.empty(X.shape[0], dtype=X.dtype, device=X.device) if with_cost else None
-    by_distance = loss in DISTANCE_LOSSES or loss == "square"
-    c_sq = _sq_norms(C) if by_distance else None
-    for s in _row_slices(X.shape[0], rows):
-        if by_distance:
-            # |x|^2 is the same for every center of a row: argmin needs only |c|^2 - 2 x.c
-            block = torch.addmm(c_sq, X[s], C.T, alpha=-2.0)
-        else:
-            block = _coordinate_cost_block(X[s], C, loss, param)
-        best, labels[s] = block.min(1)
-        if with_cost:
-            norms = x_sq[s] if x_sq is not None else _sq_norms(X[s])
-            cost[s] = distance_loss((best + norms).clamp_(min=0.0), loss, param) if by_distance else best
-    return (labels, cost) if with_cost else labels
-
-
-def loss_to_centers(X: torch.Tensor, C: torch.Tensor, labels: torch.Tensor, loss: str, param: float | None,
-                    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> torch.Tensor:
-    """loss(X[i], C[labels[i]]) for every row, computed directly (no GEMM cancellation)."""
-    check_loss(loss)
-    out = torch.empty(X.shape[0], dtype=X.dtype, device=X.device)
-    for s in _row_slices(X.shape[0], _pass_rows(X, max_chunk_bytes)):
-        out[s] = pointwise_loss(X[s], C[labels[s]], loss, param)
-    return out
-
-
-def cluster_objectives(X: torch.Tensor, C: torch.Tensor, labels: torch.Tensor, loss: str,
-                       param: float | None) -> torch.Tensor:
-    """(k,) float64: the summed loss of each cluster's members to its center."""
-    per_point = loss_to_centers(X, C, labels, loss, param).double()
-    return torch.zeros(C.shape[0], dtype=torch.float64, device=X.device).index_add_(0, labels, per_point)
-
-
-# ----------------------------------------------------------------------------- center updates
-
 def _accumulator_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
+
+def _tiny(t: torch.Tensor) -> float:
+    return torch.finfo(t.dtype).tiny
+
+
+# ----------------------------------------------------------------------------- shared center updates
 
 def cluster_sums(X: torch.Tensor, labels: torch.Tensor, k: int, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,22 +133,29 @@ def cluster_sums(X: torch.Tensor, labels: torch.Tensor, k: int, max_chunk_bytes:
     return sums, counts
 
 
-def _weighted_means(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, weight_fn, max_chunk_bytes: int
-                    ) -> torch.Tensor:
-    """One majorize-minimize step: mu_c = sum_i w_i x_i / sum_i w_i over the members of c.
+def weighted_means(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, weight_fn,
+                   max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES, sample_weight: torch.Tensor | None = None,
+                   row_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """One majorize-minimize (IRLS) step: mu_c = sum_i w_i x_i / sum_i w_i over the members of c.
 
     `weight_fn(Xc, residual, labels_c)` gives weights per row (n_c, 1) or per coordinate
-    (n_c, d). Clusters whose weights sum to zero keep their center.
+    (n_c, d); or `row_weights` (n,) holds them already (no residual pass). `sample_weight`
+    (n,) multiplies them. Clusters whose weights sum to zero keep their center.
     """
     acc = _accumulator_dtype(X.device)
     k, d = C.shape
     num = torch.zeros(k, d, dtype=acc, device=X.device)
-    den = torch.zeros(k, d, dtype=acc, device=X.device)
+    den = None  # (k, 1) for weights per row (summed once, not once per coordinate), else (k, d)
     for s in _row_slices(X.shape[0], _pass_rows(X, max_chunk_bytes)):
         Xc, lc = X[s], labels[s]
-        w = weight_fn(Xc, Xc - C[lc], lc).to(acc)
+        w = (weight_fn(Xc, Xc - C[lc], lc) if row_weights is None else row_weights[s, None]).to(acc)
+        if sample_weight is not None:
+            w = w * sample_weight[s, None].to(acc)
         num.index_add_(0, lc, w * Xc.to(acc))
-        den.index_add_(0, lc, w.expand(-1, d) if w.shape[1] == 1 else w)
+        if den is None:
+            den = torch.zeros(k, w.shape[1], dtype=acc, device=X.device)
+        den.index_add_(0, lc, w)
+    den = (den if den is not None else torch.zeros(k, 1, dtype=acc, device=X.device)).expand(k, d)
     ok = den > 0
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), C.to(acc)).to(C.dtype)
 
@@ -334,16 +166,30 @@ def _sortable_bits(values: torch.Tensor) -> torch.Tensor:
     return torch.where(bits >= 0x80000000, 0xFFFFFFFF - bits, bits + 0x80000000)
 
 
-def _segment_medians(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, max_chunk_bytes: int
-                     ) -> torch.Tensor:
-    """Coordinate-wise median of each cluster's members, all clusters at once, exactly.
+def _grouped_order(block: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(cols, n) permutation per column: by cluster, then ascending value."""
+    if block.dtype == torch.float32:
+        return ((labels[None, :] << 32) | _sortable_bits(block)).argsort(dim=1)
+    order = block.argsort(dim=1, stable=True)
+    return order.gather(1, labels[order].argsort(dim=1, stable=True))
+
+
+def segment_medians(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor,
+                    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES, sample_weight: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """Coordinate-wise (weighted) median of each cluster's members, all clusters at once, exactly.
 
     Per block of columns, the values are sorted so that each cluster's values sit together
-    in ascending order; the median of cluster c is then at fixed offsets from the start
-    of its segment (mean of the two middle values, as NumPy). float32 does this with one
-    integer sort of (label, order-preserving bits of the value); other dtypes sort the
-    values, then stable-sort their labels.
+    in ascending order. Unweighted, the median of cluster c is at fixed offsets from the
+    start of its segment (mean of the two middle values, as NumPy). float32 does this with
+    one integer sort of (label, order-preserving bits of the value); other dtypes sort the
+    values, then stable-sort their labels. Weighted, the median is the mean of the first
+    value whose cumulative weight reaches W/2 and the first that passes it (W the
+    cluster's total weight): with integer weights, exactly NumPy's median of the rows
+    repeated. Clusters without members (or weight) keep their center.
     """
+    if sample_weight is not None:
+        return _weighted_segment_medians(X, labels, C, sample_weight, max_chunk_bytes)
     n, d = X.shape
     k = C.shape[0]
     counts = torch.bincount(labels, minlength=k)
@@ -365,37 +211,506 @@ def _segment_medians(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, max
     return out
 
 
-def _huber_weights(delta: float):
-    def weights(Xc, r, lc):  # min(1, delta/|r|) per coordinate
-        return (delta / r.abs().clamp(min=torch.finfo(r.dtype).tiny)).clamp(max=1.0)
-    return weights
+def _weighted_segment_medians(X, labels, C, sample_weight, max_chunk_bytes):
+    n, d = X.shape
+    k = C.shape[0]
+    counts = torch.bincount(labels, minlength=k)
+    ends = torch.cumsum(counts, 0)
+    starts = ends - counts
+    weight = sample_weight.to(torch.float64)
+    total = torch.zeros(k, dtype=torch.float64, device=X.device).index_add_(0, labels, weight)
+    live = (counts > 0) & (total > 0)
+    out = C.clone()
+    cols = max(1, max_chunk_bytes // max(1, n * 48))
+    for cs in _row_slices(d, cols):
+        block = X[:, cs].T.contiguous()
+        order = _grouped_order(block, labels)
+        values = block.gather(1, order)
+        cumulative = weight[order].cumsum(1)  # (cols, n), non-decreasing along each row
+        before = torch.where(starts > 0, cumulative[:, (starts - 1).clamp(min=0)], torch.zeros_like(total))
+        half = before + (cumulative[:, (ends - 1).clamp(min=0)] - before) / 2
+        lo = torch.searchsorted(cumulative, half.contiguous(), right=False)
+        hi = torch.searchsorted(cumulative, half.contiguous(), right=True)
+        last = (ends - 1).clamp(min=0)[None, :]
+        lo, hi = torch.minimum(lo, last), torch.minimum(hi, last)
+        median = (values.gather(1, lo).double() + values.gather(1, hi).double()) / 2  # (cols, k)
+        out[live, cs] = median.T[live].to(X.dtype)
+    return out
 
 
-def _pseudo_huber_weights(delta: float):
-    def weights(Xc, r, lc):  # rho'(t)/t = 1/sqrt(1 + (t/delta)^2) per coordinate
-        return torch.rsqrt(1.0 + (r / delta) ** 2)
-    return weights
+def cluster_objectives(X: torch.Tensor, C: torch.Tensor, labels: torch.Tensor, loss: str,
+                       param: float | None, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(k,) float64: the (weighted) summed loss of each cluster's members to its center."""
+    per_point = loss_to_centers(X, C, labels, loss, param).double()
+    if sample_weight is not None:
+        per_point = per_point * sample_weight.double()
+    return torch.zeros(C.shape[0], dtype=torch.float64, device=X.device).index_add_(0, labels, per_point)
 
 
-def _correntropy_weights(sigma: float, floor: torch.Tensor):
-    def weights(Xc, r, lc):
-        # exp(-d^2/2s^2), divided per cluster by its largest weight (floor = smallest d^2)
-        # so that far clusters do not underflow to all-zero weights; a common factor per
-        # cluster leaves the weighted mean unchanged.
-        d2 = (r * r).sum(1, keepdim=True)
-        return torch.exp(-(d2 - floor[lc, None]) / (2.0 * sigma * sigma))
-    return weights
-
-
-def _min_sq_distance_per_cluster(X: torch.Tensor, C: torch.Tensor, labels: torch.Tensor,
-                                 max_chunk_bytes: int) -> torch.Tensor:
-    d2 = loss_to_centers(X, C, labels, "square", None, max_chunk_bytes)
-    floor = torch.full((C.shape[0],), float("inf"), dtype=d2.dtype, device=X.device)
-    floor.scatter_reduce_(0, labels, d2, reduce="amin")
+def _cluster_min(values: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Smallest value per cluster (0 for a cluster without members)."""
+    floor = torch.full((k,), float("inf"), dtype=values.dtype, device=values.device)
+    floor.scatter_reduce_(0, labels, values, reduce="amin")
     return torch.where(torch.isfinite(floor), floor, torch.zeros_like(floor))
 
 
-def _epsilon_step(X, labels, C, epsilon: float, max_chunk_bytes: int, halvings: int = 5) -> torch.Tensor:
+# ----------------------------------------------------------------------------- the Loss class
+
+class Loss:
+    """One clustering loss: what the engine needs to know about it, in one place.
+
+    A subclass sets these class attributes:
+      name            the name users type (config, --losses); unique in the registry.
+      param_name      the name of its one positive parameter ("delta"), or None.
+      by_distance     True when the loss is a non-decreasing function of the Euclidean
+                      distance d alone: the cheapest center is then the nearest one, so
+                      assignment runs through one GEMM (and `of_sq_distance` is defined).
+      exact_update    True when `update` returns the exact minimiser in one step (same
+                      labels then mean the same centers: the loop may stop).
+      inner_steps     majorize-minimize steps per `update` by default.
+      scale_per_coordinate
+                      True when the parameter applies to each coordinate (the data scale
+                      is then the RMS spread per coordinate, else per point).
+      broadcast_block True when `pair_costs` builds a rows x centers x d block (the cost
+                      pass then takes fewer rows at a time). Default: not by_distance.
+      block_temporaries
+                      how many such blocks `pair_costs` holds at once.
+    and defines `pointwise` (the math), plus where it applies `of_sq_distance` (by_distance
+    losses) and either `irls_weights` (the default `update` then runs IRLS) or `update`.
+    Optional overrides: `costs`/`pair_costs` (a faster (rows, k) block), `auto_rule`,
+    `polish`. Every method takes the parameter as an argument: instances hold no state.
+    """
+
+    name: str = ""
+    param_name: str | None = None
+    by_distance: bool = False
+    exact_update: bool = False
+    inner_steps: int = 1
+    scale_per_coordinate: bool = False
+    broadcast_block: bool | None = None
+    block_temporaries: int = 1
+
+    # The attributes and methods that define the numerics (the cache fingerprint hashes them).
+    SETTINGS = ("name", "param_name", "by_distance", "exact_update", "inner_steps", "scale_per_coordinate",
+                "broadcast_block", "block_temporaries")
+    METHODS = ("pointwise", "of_sq_distance", "pair_costs", "costs", "irls_weights", "update", "auto_rule",
+               "polish", "param_range")
+
+    def __repr__(self) -> str:
+        return f"<loss {self.name} ({type(self).__name__})>"
+
+    # -- the math
+
+    def pointwise(self, r: torch.Tensor, param: float | None) -> torch.Tensor:
+        """loss of residual vectors r (..., d) -> (...)."""
+        raise NotImplementedError(f"loss {self.name!r} defines no pointwise()")
+
+    def of_sq_distance(self, d2: torch.Tensor, param: float | None) -> torch.Tensor:
+        """The loss as a function of the squared distance (by_distance losses only)."""
+        raise ValueError(f"{self.name!r} is not a function of the distance alone")
+
+    # -- cost blocks
+
+    def uses_broadcast_block(self) -> bool:
+        return (not self.by_distance) if self.broadcast_block is None else self.broadcast_block
+
+    def pair_costs(self, Xc: torch.Tensor, Cb: torch.Tensor, param: float | None) -> torch.Tensor:
+        """(rows, centers) costs of a block small enough to broadcast to rows x centers x d."""
+        return self.pointwise(Xc[:, None, :] - Cb[None, :, :], param)
+
+    def costs(self, Xc: torch.Tensor, C: torch.Tensor, param: float | None) -> torch.Tensor:
+        """(rows, k) matrix loss(Xc[i], C[j]): one GEMM for by_distance losses, else
+        `pair_costs` over blocks of centers bounded in memory."""
+        if self.by_distance:
+            return self.of_sq_distance(_sq_distances(Xc, C, _sq_norms(C)), param)
+        out = torch.empty(Xc.shape[0], C.shape[0], dtype=Xc.dtype, device=Xc.device)
+        budget = (_CPU_BLOCK_BYTES if _is_cpu(Xc.device) else DEFAULT_MAX_CHUNK_BYTES) // Xc.element_size()
+        per_block = max(1, min(C.shape[0], budget // max(1, Xc.shape[0] * Xc.shape[1] * self.block_temporaries)))
+        for cs in _row_slices(C.shape[0], per_block):
+            out[:, cs] = self.pair_costs(Xc, C[cs], param)
+        return out
+
+    # -- center updates
+
+    def irls_weights(self, r: torch.Tensor, param: float | None) -> torch.Tensor:
+        """IRLS weights rho'(t)/t of residuals r (rows, d): shape (rows, 1) or (rows, d)."""
+        raise NotImplementedError(f"loss {self.name!r} defines neither irls_weights() nor update()")
+
+    def update(self, X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, param: float | None,
+               steps: int | None = None, sample_weight: torch.Tensor | None = None,
+               max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> torch.Tensor:
+        """`steps` IRLS steps (weighted means with weights `irls_weights`): each one
+        minimises a quadratic majorizer of the loss, so the objective never rises while
+        rho'(t)/t is non-increasing in |t| (true of every concave-in-t^2 loss)."""
+        for _ in range(self.inner_steps if steps is None else steps):
+            C = weighted_means(X, labels, C, lambda Xc, r, lc: self.irls_weights(r, param), max_chunk_bytes,
+                               sample_weight)
+        return C
+
+    def polish(self, X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, param: float | None,
+               sample_weight: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Better centers for the final restart where the update stalls; None: nothing to do."""
+        return None
+
+    # -- the parameter
+
+    def auto_rule(self, residual: torch.Tensor) -> float:
+        """A parameter from float64 residuals (m, d) of a square-loss fit. Default: the
+        median distance of a point to its center (the mean where that is 0)."""
+        dist = residual.norm(dim=1)
+        value = dist.median().item()
+        return value if value > 0 else dist.mean().item()
+
+    def param_range(self, scale: float) -> tuple[float, float]:
+        """The usable parameter values for data of this scale."""
+        return scale / PARAM_SCALE_RANGE, scale * PARAM_SCALE_RANGE
+
+    def scale_unit(self) -> str:
+        return "RMS spread per coordinate" if self.scale_per_coordinate else "RMS distance to their mean"
+
+
+# ----------------------------------------------------------------------------- the registry
+
+_REGISTRY: dict[str, Loss] = {}
+
+
+def register(cls=None, *, replace: bool = False):
+    """Class decorator (or call): add a `Loss` subclass to the registry under `cls.name`.
+
+    A name already taken is refused unless `replace=True` (which keeps its place in the
+    order). Returns the class, so `@register` leaves it usable.
+    """
+    def add(klass):
+        loss = klass() if isinstance(klass, type) else klass
+        if not isinstance(loss, Loss) or not isinstance(loss.name, str) or not loss.name.isidentifier():
+            raise TypeError(f"{klass!r}: a loss is a Loss subclass with an identifier as its name")
+        if loss.name in _REGISTRY and not replace:
+            raise ValueError(f"a loss named {loss.name!r} is already registered ({_REGISTRY[loss.name]!r})")
+        if loss.param_name is not None and not loss.param_name.isidentifier():
+            raise TypeError(f"{loss.name}: param_name must be an identifier or None")
+        _REGISTRY[loss.name] = loss
+        return klass
+    return add if cls is None else add(cls)
+
+
+def unregister(name: str) -> Loss:
+    """Remove a loss from the registry (returns it, e.g. to register it again later)."""
+    return _REGISTRY.pop(check_loss(name))
+
+
+def registry() -> Mapping[str, Loss]:
+    """Read-only view: name -> loss instance, in registration order."""
+    return MappingProxyType(_REGISTRY)
+
+
+def get_loss(loss: str | Loss) -> Loss:
+    """The registered loss called `loss`, else a LossInputError naming every choice."""
+    if isinstance(loss, Loss):
+        return loss
+    found = _REGISTRY.get(loss) if isinstance(loss, str) else None
+    if found is None:
+        raise LossInputError(f"unknown loss {loss!r}; choose one of: {', '.join(_REGISTRY)}")
+    return found
+
+
+def check_loss(loss: str) -> str:
+    """Return `loss` if it is a registered name, else raise naming all of them."""
+    return get_loss(loss).name
+
+
+class _Names(Sequence):
+    """A live, read-only tuple of the registered names that satisfy `keep`."""
+
+    def __init__(self, keep=lambda loss: True):
+        self._keep = keep
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(name for name, loss in _REGISTRY.items() if self._keep(loss))
+
+    def __getitem__(self, index):
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __contains__(self, name) -> bool:
+        return name in self._names()
+
+    def __eq__(self, other) -> bool:
+        return self._names() == (tuple(other) if isinstance(other, (Sequence, _Names)) else other)
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+class _Table(Mapping):
+    """A live, read-only dict name -> `value(loss)` over the registered losses with `keep`."""
+
+    def __init__(self, value, keep):
+        self._value, self._keep = value, keep
+
+    def _items(self) -> dict:
+        return {name: self._value(loss) for name, loss in _REGISTRY.items() if self._keep(loss)}
+
+    def __getitem__(self, name):
+        return self._items()[name]
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __iter__(self):
+        return iter(self._items())
+
+    def __repr__(self) -> str:
+        return repr(self._items())
+
+
+LOSS_NAMES = _Names()
+PARAM_NAME = _Table(lambda loss: loss.param_name, lambda loss: loss.param_name is not None)
+# Losses that are a monotone function of the Euclidean distance but not a coordinate sum,
+# and the inner-step defaults of the iterative updates (read from the classes).
+DISTANCE_LOSSES = _Names(lambda loss: loss.by_distance and not isinstance(loss, CoordinateLoss))
+COORDINATE_LOSSES = _Names(lambda loss: isinstance(loss, CoordinateLoss))
+DEFAULT_INNER_STEPS = _Table(lambda loss: loss.inner_steps, lambda loss: not loss.exact_update)
+
+
+# ----------------------------------------------------------------------------- validation
+
+def validate_param(loss: str, value: float | None) -> float | None:
+    """Check the numeric parameter of `loss` and return it as a float.
+
+    A loss without a parameter takes None (returns None). The others need a finite
+    number > 0; the error names the parameter (delta, sigma, epsilon, ...).
+    """
+    spec = get_loss(loss)
+    if spec.param_name is None:
+        if value is not None:
+            raise LossInputError(f"loss {spec.name!r} takes no parameter; got {value!r}")
+        return None
+    name = spec.param_name
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise LossInputError(f"{name} (parameter of {spec.name}) must be a positive number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise LossInputError(f"{name} (parameter of {spec.name}) must be a positive finite number, got {value!r}")
+    return number
+
+
+# ----------------------------------------------------------------------------- the six losses
+
+class CoordinateLoss(Loss):
+    """A sum over coordinates: loss(x, mu) = sum_j rho(r_j); subclasses define `elementwise` (rho)."""
+
+    def elementwise(self, r: torch.Tensor, param: float | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pointwise(self, r, param):
+        return self.elementwise(r, param).sum(-1)
+
+
+def _mad_rule(residual: torch.Tensor) -> float:
+    """1.345 * 1.4826 * MAD of the residual coordinates (mean |r| where the MAD is 0)."""
+    flat = residual.flatten()
+    mad = (flat - flat.median()).abs().median().item()
+    if mad <= 0:  # more than half the coordinates sit exactly on their center
+        mad = flat.abs().mean().item()
+    return HUBER_EFFICIENCY * MAD_TO_SIGMA * mad
+
+
+def _unit_weights(Xc, r, lc):
+    return torch.ones(Xc.shape[0], 1, dtype=Xc.dtype, device=Xc.device)
+
+
+@register
+class Square(CoordinateLoss):
+    """Squared Euclidean distance: loss = sum_j r_j^2 = d^2.
+
+    Center: the (weighted) mean, exact. A function of d, so assignment is one GEMM."""
+
+    name = "square"
+    by_distance = True
+    exact_update = True
+
+    def elementwise(self, r, param):
+        return r * r
+
+    def of_sq_distance(self, d2, param):
+        return d2
+
+    def update(self, X, labels, C, param, steps=None, sample_weight=None, max_chunk_bytes=DEFAULT_MAX_CHUNK_BYTES):
+        if sample_weight is not None:
+            return weighted_means(X, labels, C, _unit_weights, max_chunk_bytes, sample_weight)
+        sums, counts = cluster_sums(X, labels, C.shape[0], max_chunk_bytes)
+        nonempty = counts > 0
+        out = C.clone()
+        out[nonempty] = (sums[nonempty] / counts[nonempty, None].to(sums.dtype)).to(C.dtype)
+        return out
+
+
+@register
+class Absolute(CoordinateLoss):
+    """Manhattan distance: loss = sum_j |r_j|.
+
+    Center: the coordinate-wise (weighted) median, exact (`segment_medians`)."""
+
+    name = "absolute"
+    exact_update = True
+    broadcast_block = False  # torch.cdist(p=1) never builds the rows x k x d block
+
+    def elementwise(self, r, param):
+        return r.abs()
+
+    def costs(self, Xc, C, param):
+        return torch.cdist(Xc, C, p=1.0)
+
+    def update(self, X, labels, C, param, steps=None, sample_weight=None, max_chunk_bytes=DEFAULT_MAX_CHUNK_BYTES):
+        return segment_medians(X, labels, C, max_chunk_bytes, sample_weight)
+
+
+@register
+class Huber(CoordinateLoss):
+    """Huber loss per coordinate: h(t) = t^2/2 for |t| <= delta, delta (|t| - delta/2) beyond.
+
+    Center: IRLS per coordinate with weights min(1, delta/|r_j|) (default 3 steps).
+    auto: delta = 1.345 * 1.4826 * MAD of the residual coordinates (Huber's 95%-efficiency
+    constant times a robust estimate of the noise standard deviation)."""
+
+    name = "huber"
+    param_name = "delta"
+    inner_steps = 3
+    scale_per_coordinate = True
+
+    def elementwise(self, r, param):
+        a = r.abs()
+        q = a.clamp(max=param)
+        return q * (a - 0.5 * q)  # |r|<=delta: r^2/2; else delta(|r| - delta/2)
+
+    def pair_costs(self, Xc, Cb, param):
+        # torch's fused kernel: one pass over the rows x centers x d block (the hot loop)
+        shape = (Xc.shape[0], Cb.shape[0], Xc.shape[1])
+        return torch.nn.functional.huber_loss(Xc[:, None, :].expand(shape), Cb[None, :, :].expand(shape),
+                                              reduction="none", delta=param).sum(-1)
+
+    def irls_weights(self, r, param):  # min(1, delta/|r|) per coordinate
+        return (param / r.abs().clamp(min=_tiny(r))).clamp(max=1.0)
+
+    def auto_rule(self, residual):
+        return _mad_rule(residual)
+
+
+@register
+class PseudoHuber(CoordinateLoss):
+    """Pseudo-Huber loss per coordinate: delta^2 (sqrt(1 + (t/delta)^2) - 1), computed as
+    t^2 / (1 + sqrt(1 + (t/delta)^2)): the same number without cancellation (the first
+    form rounds to 0 in float32 once (t/delta)^2 < 1e-7, i.e. delta above ~3000 residuals:
+    every center would cost 0 and all points fall into the first cluster).
+
+    Center: IRLS per coordinate with weights 1/sqrt(1 + (r_j/delta)^2) (default 3 steps).
+    auto: as Huber's delta."""
+
+    name = "pseudo_huber"
+    param_name = "delta"
+    inner_steps = 3
+    scale_per_coordinate = True
+    block_temporaries = 2  # residuals and the denominator
+
+    def elementwise(self, r, param):
+        return r * r / (1.0 + torch.sqrt(1.0 + (r / param) ** 2))
+
+    def pair_costs(self, Xc, Cb, param):
+        r2 = (Xc[:, None, :] - Cb[None, :, :]).square_()
+        denominator = torch.mul(r2, 1.0 / (param * param)).add_(1.0).sqrt_().add_(1.0)
+        return r2.div_(denominator).sum(-1)
+
+    def irls_weights(self, r, param):  # rho'(t)/t = 1/sqrt(1 + (t/delta)^2) per coordinate
+        return torch.rsqrt(1.0 + (r / param) ** 2)
+
+    def auto_rule(self, residual):
+        return _mad_rule(residual)
+
+
+@register
+class Correntropy(Loss):
+    """Correntropy-induced loss: 1 - exp(-d^2 / (2 sigma^2)), computed as -expm1(.).
+
+    Non-decreasing in d: assignment is the nearest center (one GEMM).
+    Center: half-quadratic fixed point, weights exp(-d_i^2 / 2 sigma^2) per point, each
+    cluster's weights divided by its largest one (a common factor leaves the weighted
+    mean unchanged; without it far clusters underflow to all-zero weights). Default 5 steps.
+    auto: sigma = median distance of a point to its center (a typical point sits where
+    the kernel is neither flat at 0 nor saturated at 1)."""
+
+    name = "correntropy"
+    param_name = "sigma"
+    by_distance = True
+    inner_steps = 5
+
+    def of_sq_distance(self, d2, param):
+        return -torch.expm1(-d2 / (2.0 * param * param))
+
+    def pointwise(self, r, param):
+        return self.of_sq_distance((r * r).sum(-1), param)
+
+    def update(self, X, labels, C, param, steps=None, sample_weight=None, max_chunk_bytes=DEFAULT_MAX_CHUNK_BYTES):
+        for _ in range(self.inner_steps if steps is None else steps):
+            d2 = loss_to_centers(X, C, labels, "square", None, max_chunk_bytes)
+            if sample_weight is not None:  # a weightless member must not set the scale
+                d2 = torch.where(sample_weight > 0, d2, torch.full_like(d2, float("inf")))
+            floor = _cluster_min(d2, labels, C.shape[0])
+            if sample_weight is not None:
+                d2 = torch.where(torch.isfinite(d2), d2, floor[labels])  # weight 0 anyway
+            # one distance pass serves both the floor and the weights
+            weights = torch.exp(-(d2 - floor[labels]) / (2.0 * param * param))
+            C = weighted_means(X, labels, C, None, max_chunk_bytes, sample_weight, row_weights=weights)
+        return C
+
+    def auto_rule(self, residual):
+        dist = residual.norm(dim=1)
+        value = dist.median().item()
+        return value if value > 0 else dist.mean().item()  # many exact duplicates of their center
+
+
+@register
+class EpsilonInsensitive(Loss):
+    """Epsilon-insensitive loss: max(0, d - epsilon) (zero inside a tube of radius epsilon).
+
+    Non-decreasing in d: assignment is the nearest center (one GEMM; ties at 0 go by distance).
+    Center: guarded Weiszfeld (weights 1/d_i outside the tube, 0 inside; a step that
+    raises a cluster's objective is halved until it does not), default 3 steps, then
+    `polish` (L-BFGS on a softplus-smoothed objective) for the final centers.
+    auto: epsilon = 10% quantile of the distance to the center (the tightest tenth of
+    each cluster costs nothing; the rest count by distance)."""
+
+    name = "epsilon_insensitive"
+    param_name = "epsilon"
+    by_distance = True
+    inner_steps = 3
+
+    def of_sq_distance(self, d2, param):
+        return (torch.sqrt(d2) - param).clamp(min=0.0)
+
+    def pointwise(self, r, param):
+        return self.of_sq_distance((r * r).sum(-1), param)
+
+    def update(self, X, labels, C, param, steps=None, sample_weight=None, max_chunk_bytes=DEFAULT_MAX_CHUNK_BYTES):
+        for _ in range(self.inner_steps if steps is None else steps):
+            C = _epsilon_step(X, labels, C, param, max_chunk_bytes, sample_weight)
+        return C
+
+    def polish(self, X, labels, C, param, sample_weight=None):
+        return polish_centers(X, labels, C, param, sample_weight=sample_weight)
+
+    def auto_rule(self, residual):
+        dist = residual.norm(dim=1)
+        value = dist.quantile(EPSILON_QUANTILE).item()
+        return value if value > 0 else dist.mean().item()
+
+
+def _epsilon_step(X, labels, C, epsilon: float, max_chunk_bytes: int, sample_weight=None, halvings: int = 5
+                  ) -> torch.Tensor:
     """One guarded Weiszfeld step for max(0, d - epsilon).
 
     Weiszfeld on the points outside the tube (w = 1/d) majorizes their distances, but a
@@ -404,16 +719,16 @@ def _epsilon_step(X, labels, C, epsilon: float, max_chunk_bytes: int, halvings: 
     """
     def weights(Xc, r, lc):
         d = torch.sqrt((r * r).sum(1, keepdim=True))
-        return torch.where(d > epsilon, 1.0 / d.clamp(min=torch.finfo(d.dtype).tiny), torch.zeros_like(d))
+        return torch.where(d > epsilon, 1.0 / d.clamp(min=_tiny(d)), torch.zeros_like(d))
 
-    before = cluster_objectives(X, C, labels, "epsilon_insensitive", epsilon)
-    target = _weighted_means(X, labels, C, weights, max_chunk_bytes)
+    before = cluster_objectives(X, C, labels, "epsilon_insensitive", epsilon, sample_weight)
+    target = weighted_means(X, labels, C, weights, max_chunk_bytes, sample_weight)
     result = C.clone()
     pending = torch.ones(C.shape[0], dtype=torch.bool, device=C.device)
     step = 1.0
     for _ in range(halvings + 1):
         trial = C + step * (target - C)
-        after = cluster_objectives(X, trial, labels, "epsilon_insensitive", epsilon)
+        after = cluster_objectives(X, trial, labels, "epsilon_insensitive", epsilon, sample_weight)
         accept = pending & (after <= before)
         result[accept] = trial[accept]
         pending &= ~accept
@@ -423,42 +738,9 @@ def _epsilon_step(X, labels, C, epsilon: float, max_chunk_bytes: int, halvings: 
     return result
 
 
-def update_centers(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, loss: str, param: float | None,
-                   steps: int | None = None, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> torch.Tensor:
-    """New centers for all clusters at once, given the assignment. Never raises the objective.
-
-    square: mean; absolute: coordinate-wise median (both exact). huber, pseudo_huber:
-    IRLS per coordinate; correntropy: half-quadratic fixed point; epsilon_insensitive:
-    guarded Weiszfeld. The last four run `steps` majorize-minimize steps (default
-    DEFAULT_INNER_STEPS[loss]). Empty clusters keep their center (the engine re-seeds them).
-    """
-    check_loss(loss)
-    k = C.shape[0]
-    if loss == "square":
-        sums, counts = cluster_sums(X, labels, k, max_chunk_bytes)
-        nonempty = counts > 0
-        out = C.clone()
-        out[nonempty] = (sums[nonempty] / counts[nonempty, None].to(sums.dtype)).to(C.dtype)
-        return out
-    if loss == "absolute":
-        return _segment_medians(X, labels, C, max_chunk_bytes)
-    steps = DEFAULT_INNER_STEPS[loss] if steps is None else steps
-    for _ in range(steps):
-        if loss == "huber":
-            C = _weighted_means(X, labels, C, _huber_weights(param), max_chunk_bytes)
-        elif loss == "pseudo_huber":
-            C = _weighted_means(X, labels, C, _pseudo_huber_weights(param), max_chunk_bytes)
-        elif loss == "correntropy":
-            floor = _min_sq_distance_per_cluster(X, C, labels, max_chunk_bytes)
-            C = _weighted_means(X, labels, C, _correntropy_weights(param, floor), max_chunk_bytes)
-        else:
-            C = _epsilon_step(X, labels, C, param, max_chunk_bytes)
-    return C
-
-
 def _smoothed_epsilon(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, epsilon: float, smooth: float,
-                      max_chunk_bytes: int) -> tuple[float, torch.Tensor]:
-    """Value and gradient (w.r.t. every center) of sum_i smooth * softplus((d_i - epsilon) / smooth),
+                      max_chunk_bytes: int, sample_weight=None) -> tuple[float, torch.Tensor]:
+    """Value and gradient (w.r.t. every center) of sum_i w_i smooth * softplus((d_i - epsilon) / smooth),
     a smooth convex upper bound of max(0, d - epsilon) within n * smooth * log 2 of it."""
     acc = _accumulator_dtype(X.device)
     value = torch.zeros((), dtype=acc, device=X.device)
@@ -468,14 +750,18 @@ def _smoothed_epsilon(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, ep
         r = X[s].to(acc) - C[lc].to(acc)
         d = torch.sqrt((r * r).sum(1)).clamp(min=torch.finfo(acc).tiny)
         t = (d - epsilon) / smooth
-        value += smooth * torch.nn.functional.softplus(t).sum()
-        grad.index_add_(0, lc, -(torch.sigmoid(t) / d)[:, None] * r)
+        soft, slope = torch.nn.functional.softplus(t), torch.sigmoid(t) / d
+        if sample_weight is not None:
+            w = sample_weight[s].to(acc)
+            soft, slope = soft * w, slope * w
+        value += smooth * soft.sum()
+        grad.index_add_(0, lc, -slope[:, None] * r)
     return float(value), grad
 
 
 def polish_centers(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, epsilon: float,
                    stages: tuple[int, ...] = (3, 6), max_iter: int = 20,
-                   max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> torch.Tensor:
+                   max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES, sample_weight=None) -> torch.Tensor:
     """Finish epsilon-insensitive centers where the guarded Weiszfeld step stalls.
 
     Weiszfeld stops at the edge of the tube (points at d = epsilon are kinks that also
@@ -484,94 +770,202 @@ def polish_centers(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, epsil
     centers at once since the objective separates by cluster. A cluster keeps its old
     center unless the polished one is strictly better, so the objective never rises.
     """
+    before = cluster_objectives(X, C, labels, "epsilon_insensitive", epsilon, sample_weight)
+    flat = C.double().cpu().numpy().ravel()
+    with _one_blas_thread():
+        flat = _lbfgs_stages(X, labels, C, epsilon, flat, stages, max_iter, max_chunk_bytes, sample_weight)
+    polished = torch.from_numpy(flat.reshape(C.shape)).to(device=C.device, dtype=C.dtype)
+    after = cluster_objectives(X, polished, labels, "epsilon_insensitive", epsilon, sample_weight)
+    better = (after < before) & torch.isfinite(after)
+    return torch.where(better[:, None], polished, C)
+
+
+def _one_blas_thread():
+    """L-BFGS-B's vectors are only k x d long, yet NumPy's OpenBLAS threads, once woken,
+    spin and starve torch's own threads: on 2 cores, 400 x 64 points, k = 10, a fit took
+    20x longer. threadpoolctl (where installed) keeps BLAS on one thread meanwhile."""
+    controller = _blas_controller()
+    return controller.limit(limits=1, user_api="blas") if controller is not None else contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    """threadpoolctl's view of the loaded thread pools, made once (scanning the loaded
+    libraries costs ~2 ms, as much as a small fit's polish), after scipy loaded its BLAS."""
+    import scipy.optimize  # noqa: F401
+
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - slower, same numbers
+        return None
+    return ThreadpoolController()
+
+
+def _lbfgs_stages(X, labels, C, epsilon, flat, stages, max_iter, max_chunk_bytes, sample_weight) -> np.ndarray:
     from scipy.optimize import minimize
 
-    before = cluster_objectives(X, C, labels, "epsilon_insensitive", epsilon)
-    flat = C.double().cpu().numpy().ravel()
     for stage in stages:
         smooth = epsilon * 10.0 ** -stage
 
         def value_and_grad(values: np.ndarray, smooth=smooth) -> tuple[float, np.ndarray]:
             centers = torch.from_numpy(values.reshape(C.shape)).to(X.device)
-            value, grad = _smoothed_epsilon(X, labels, centers, epsilon, smooth, max_chunk_bytes)
+            value, grad = _smoothed_epsilon(X, labels, centers, epsilon, smooth, max_chunk_bytes, sample_weight)
             return value, grad.double().cpu().numpy().ravel()
 
         flat = minimize(value_and_grad, flat, jac=True, method="L-BFGS-B",
                         options={"maxiter": max_iter, "ftol": 1e-13, "gtol": 1e-10}).x
-    polished = torch.from_numpy(flat.reshape(C.shape)).to(device=C.device, dtype=C.dtype)
-    after = cluster_objectives(X, polished, labels, "epsilon_insensitive", epsilon)
-    better = (after < before) & torch.isfinite(after)
-    return torch.where(better[:, None], polished, C)
+    return flat
+
+
+# ----------------------------------------------------------------------------- views by name
+
+def coordinate_loss(r: torch.Tensor, loss: str, param: float | None) -> torch.Tensor:
+    """Per-coordinate loss of residuals `r` (any shape) for a coordinate-sum loss."""
+    spec = get_loss(loss)
+    if not isinstance(spec, CoordinateLoss):
+        raise ValueError(f"{loss!r} is not a coordinate-sum loss")
+    return spec.elementwise(r, param)
+
+
+def distance_loss(d2: torch.Tensor, loss: str, param: float | None) -> torch.Tensor:
+    """Loss as a function of the squared Euclidean distance `d2` (any shape)."""
+    return get_loss(loss).of_sq_distance(d2, param)
+
+
+def pointwise_loss(X: torch.Tensor, C: torch.Tensor, loss: str, param: float | None) -> torch.Tensor:
+    """loss(X[i], C[i]) for matched rows: shape (n,), dtype of X."""
+    return get_loss(loss).pointwise(X - C, param)
+
+
+def _cost_rows(X: torch.Tensor, k: int, spec: Loss, max_chunk_bytes: int) -> int:
+    """Rows per chunk of a cost-matrix pass: the (rows, k) block plus the loss's temporaries."""
+    if spec.uses_broadcast_block():
+        # the broadcast residual block is rows x centers-in-block x d; keep at least 1 center
+        return _rows_for(X.shape[1] * min(k, 8), X.device, max_chunk_bytes, X.element_size())
+    if _is_cpu(X.device):  # GEMM blocks: measured best at ~8 MB (2 MB: +20% time, 32 MB: +20%)
+        return max(1, min(max_chunk_bytes, _CPU_GEMM_BLOCK_BYTES) // max(1, k * X.element_size() * 2))
+    return _rows_for(k, X.device, max_chunk_bytes * 4, X.element_size(), temporaries=2)
+
+
+def cost_matrix(X: torch.Tensor, C: torch.Tensor, loss: str, param: float | None,
+                max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> torch.Tensor:
+    """(n, k) matrix of loss(X[i], C[j]). Memory beyond the output is bounded by chunking."""
+    spec = get_loss(loss)
+    out = torch.empty(X.shape[0], C.shape[0], dtype=X.dtype, device=X.device)
+    for s in _row_slices(X.shape[0], _cost_rows(X, C.shape[0], spec, max_chunk_bytes)):
+        out[s] = spec.costs(X[s], C, param)
+    return out
+
+
+def assign(X: torch.Tensor, C: torch.Tensor, loss: str, param: float | None,
+           max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES, with_cost: bool = False,
+           x_sq: torch.Tensor | None = None):
+    """Index of the cheapest center for every row of X (the n x k matrix is never built whole).
+
+    A `by_distance` loss (square, correntropy, epsilon-insensitive) is non-decreasing in the
+    Euclidean distance, so its argmin is the nearest center by distance (this also breaks
+    epsilon's ties at 0 by distance); all of them share one GEMM. With `with_cost=True`
+    also returns each row's cost to its center, from the same pass (for the distance
+    losses through the GEMM expansion, so with its rounding: use `loss_to_centers` where
+    exact values matter). `x_sq`, the rows' squared norms, saves recomputing them when
+    the caller assigns the same X many times.
+    """
+    spec = get_loss(loss)
+    rows = _cost_rows(X, C.shape[0], spec, max_chunk_bytes)
+    labels = torch.empty(X.shape[0], dtype=torch.int64, device=X.device)
+    cost = torch.empty(X.shape[0], dtype=X.dtype, device=X.device) if with_cost else None
+    by_distance = spec.by_distance
+    c_sq = _sq_norms(C) if by_distance else None
+    for s in _row_slices(X.shape[0], rows):
+        if by_distance:
+            # |x|^2 is the same for every center of a row: argmin needs only |c|^2 - 2 x.c
+            block = torch.addmm(c_sq, X[s], C.T, alpha=-2.0)
+        else:
+            block = spec.costs(X[s], C, param)
+        best, labels[s] = block.min(1)
+        if with_cost:
+            norms = x_sq[s] if x_sq is not None else _sq_norms(X[s])
+            cost[s] = spec.of_sq_distance((best + norms).clamp_(min=0.0), param) if by_distance else best
+    return (labels, cost) if with_cost else labels
+
+
+def loss_to_centers(X: torch.Tensor, C: torch.Tensor, labels: torch.Tensor, loss: str, param: float | None,
+                    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> torch.Tensor:
+    """loss(X[i], C[labels[i]]) for every row, computed directly (no GEMM cancellation)."""
+    spec = get_loss(loss)
+    out = torch.empty(X.shape[0], dtype=X.dtype, device=X.device)
+    for s in _row_slices(X.shape[0], _pass_rows(X, max_chunk_bytes)):
+        out[s] = spec.pointwise(X[s] - C[labels[s]], param)
+    return out
+
+
+def update_centers(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, loss: str, param: float | None,
+                   steps: int | None = None, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+                   sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """New centers for all clusters at once, given the assignment. Never raises the objective.
+
+    Each loss's `update` (see its class): exact for square (mean) and absolute (median),
+    else `steps` majorize-minimize steps (default: the class's `inner_steps`). Empty
+    clusters keep their center (the engine re-seeds them).
+    """
+    return get_loss(loss).update(X, labels, C, param, steps=steps, sample_weight=sample_weight,
+                                 max_chunk_bytes=max_chunk_bytes)
 
 
 # ----------------------------------------------------------------------------- parameter scale
 
 def data_scale(X: torch.Tensor, loss: str, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> float:
     """The features' spread in the units of `loss`'s parameter: the RMS distance of the
-    rows to their mean, per coordinate for huber and pseudo_huber (their delta applies to
-    each coordinate). 1.0 when every row is the same: any parameter then gives the same
-    clusters, and the range around 1 still keeps the arithmetic finite."""
+    rows to their mean, per coordinate for losses whose parameter applies per coordinate
+    (huber, pseudo_huber). 1.0 when every row is the same: any parameter then gives the
+    same clusters, and the range around 1 still keeps the arithmetic finite."""
+    spec = get_loss(loss)
     acc = _accumulator_dtype(X.device)
     n, d = X.shape
     rows = _pass_rows(X, max_chunk_bytes)
     mean = sum(X[s].to(acc).sum(0) for s in _row_slices(n, rows)) / n
     spread = sum(float(((X[s].to(acc) - mean) ** 2).sum()) for s in _row_slices(n, rows))
-    per = n * d if loss in ("huber", "pseudo_huber") else n
+    per = n * d if spec.scale_per_coordinate else n
     scale = math.sqrt(spread / per)
     return scale if math.isfinite(scale) and scale > 0 else 1.0
 
 
-def param_range(scale: float) -> tuple[float, float]:
-    """The usable parameter values for data of this scale."""
-    return scale / PARAM_SCALE_RANGE, scale * PARAM_SCALE_RANGE
+def param_range(scale: float, loss: str | None = None) -> tuple[float, float]:
+    """The usable parameter values for data of this scale (the loss's own rule if given)."""
+    return get_loss(loss).param_range(scale) if loss is not None else \
+        (scale / PARAM_SCALE_RANGE, scale * PARAM_SCALE_RANGE)
 
 
 def check_param_scale(loss: str, value: float, scale: float) -> float:
-    """`value` if it lies within PARAM_SCALE_RANGE of the data's scale, else a
+    """`value` if it lies within the loss's usable range for the data's scale, else a
     ParamScaleError naming the parameter, its value and the usable range."""
-    low, high = param_range(scale)
+    spec = get_loss(loss)
+    low, high = spec.param_range(scale)
     if low <= value <= high:
         return value
-    unit = "RMS spread per coordinate" if loss in ("huber", "pseudo_huber") else "RMS distance to their mean"
+    factors = spec.param_range(1.0)
     raise ParamScaleError(
-        f"{PARAM_NAME[loss]} = {value:g} is outside the usable range {low:.3g} to {high:.3g} for these features "
-        f"({1 / PARAM_SCALE_RANGE:g} to {PARAM_SCALE_RANGE:g} times their {unit}, {scale:.3g}); "
+        f"{spec.param_name} = {value:g} is outside the usable range {low:.3g} to {high:.3g} for these features "
+        f"({factors[0]:g} to {factors[1]:g} times their {spec.scale_unit()}, {scale:.3g}); "
         "choose a value in that range, or auto")
 
 
-def clamp_to_range(value: float, scale: float) -> float:
-    low, high = param_range(scale)
+def clamp_to_range(value: float, scale: float, loss: str | None = None) -> float:
+    low, high = param_range(scale, loss)
     return min(max(value, low), high)
 
 
 def auto_param(X: torch.Tensor, C: torch.Tensor, labels: torch.Tensor, loss: str) -> float | None:
-    """A parameter on the data's own scale, from the residuals of a (square-loss) fit.
-
-    huber, pseudo_huber: delta = 1.345 * 1.4826 * MAD of the residual coordinates (Huber's
-      95%-efficiency constant times a robust estimate of the noise standard deviation);
-    correntropy: sigma = median distance of a point to its center (so a typical point
-      sits where the kernel is neither flat at 0 nor saturated at 1);
-    epsilon_insensitive: epsilon = 10% quantile of the distance to the center (the
-      tightest tenth of each cluster costs nothing; the rest count by distance).
-    At most AUTO_MAX_ROWS evenly spaced rows are used, so the result is deterministic.
-    """
-    check_loss(loss)
-    if loss not in PARAM_NAME:
+    """A parameter on the data's own scale, from the residuals of a (square-loss) fit:
+    the loss's `auto_rule` (its class docstring states it) on at most AUTO_MAX_ROWS
+    evenly spaced rows, so the result is deterministic. None for a loss without one."""
+    spec = get_loss(loss)
+    if spec.param_name is None:
         return None
     n = X.shape[0]
     rows = torch.linspace(0, n - 1, min(n, AUTO_MAX_ROWS), device=X.device).round().long().unique()
     residual = (X[rows] - C[labels[rows]]).double()
-    if loss in ("huber", "pseudo_huber"):
-        flat = residual.flatten()
-        mad = (flat - flat.median()).abs().median().item()
-        if mad <= 0:  # more than half the coordinates sit exactly on their center
-            mad = flat.abs().mean().item()
-        value = HUBER_EFFICIENCY * MAD_TO_SIGMA * mad
-    else:
-        dist = residual.norm(dim=1)
-        value = (dist.median() if loss == "correntropy" else dist.quantile(EPSILON_QUANTILE)).item()
-        if value <= 0:  # many exact duplicates of their center: fall back to the mean distance
-            value = dist.mean().item()
+    value = spec.auto_rule(residual)
     if not math.isfinite(value) or value <= 0:
         value = 1e-6  # every point on its center: any small positive scale gives the same clusters
     return float(value)
