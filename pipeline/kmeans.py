@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from . import losses as L
-from .losses import PARAM_NAME, LossInputError
+from .losses import LossInputError
 
 
 def _mps_available() -> bool:
