@@ -246,6 +246,7 @@ class Embedded:
     features: np.ndarray
     key: dict
     fingerprint: str  # of these paths and rows: a clustering records it, later stages check it
+    entries: list[Entry]  # every manifest row, the unreadable ones too (their reasons, the photos' SHA-1)
 
 
 def features_fingerprint(paths: list[str], features: np.ndarray) -> str:
@@ -271,7 +272,7 @@ def load_embedded(out_dir: Path) -> Embedded:
                         "and their reasons are listed in it)")
     paths = [entries[i].path for i in ok]
     rows = features[ok]
-    return Embedded(paths, rows, read_key(out_dir), features_fingerprint(paths, rows))
+    return Embedded(paths, rows, read_key(out_dir), features_fingerprint(paths, rows), entries)
 
 
 # ----------------------------------------------------------------------------- the journal

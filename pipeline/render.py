@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from . import atomic
-from .cache import OK, load_embedded, read_manifest, read_source
+from .cache import OK, load_embedded, read_source
 from .cluster import check_current
 from .images import UnreadableImage, thumbnail
 from .layout import Layout
@@ -233,7 +233,8 @@ def render_run(out_dir: Path, losses: list[str] | None = None, *, max_per_sheet:
     chosen = losses or clustered_losses(out_dir)
     if not chosen:
         represent_run(out_dir, log=log)  # raises the "run cluster first" message
-    fingerprint = load_embedded(out_dir).fingerprint  # checks the cache; the manifest below is the checked one
+    embedded = load_embedded(out_dir)
+    fingerprint = embedded.fingerprint
     frames: dict[str, pd.DataFrame] = {}
     for loss in chosen:
         check_current(out_dir, loss, fingerprint)
@@ -243,8 +244,7 @@ def render_run(out_dir: Path, losses: list[str] | None = None, *, max_per_sheet:
             frame = read_assignments(out_dir, loss)
         frames[loss] = frame
 
-    manifest = read_manifest(layout.manifest)
-    sha1_of = {e.path: e.sha1 for e in manifest if e.status == OK}
+    sha1_of = {e.path: e.sha1 for e in embedded.entries if e.status == OK}
     thumbs = Thumbnails(read_source(out_dir), layout.thumbs, sha1_of)
     drawn = set()
     for frame in frames.values():

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from . import atomic
-from .cache import OK, CacheDamaged, load_cache, load_embedded
+from .cache import OK, load_embedded
 from .cluster import read_summary
 from .errors import UserError
 from .layout import Layout
@@ -119,9 +119,9 @@ def write_index(out_dir: Path, title: str | None = None) -> Path:
     out_dir = Path(out_dir)
     layout = Layout(out_dir)
     try:
-        entries = load_cache(out_dir)[0]
-        fingerprint = load_embedded(out_dir).fingerprint
-    except (CacheDamaged, UserError):
+        embedded = load_embedded(out_dir)
+        entries, fingerprint = embedded.entries, embedded.fingerprint
+    except UserError:
         entries, fingerprint = [], None
     ok = sum(e.status == OK for e in entries)
     bad = [e for e in entries if e.status != OK]

@@ -36,7 +36,7 @@ def test_every_relative_link_resolves(page):
 
 
 def test_nothing_points_outside_the_repository():
-    found = subprocess.run(["git", "grep", "-n", "-e", "shared/", "-e", "\\.\\./shared", "--", ".",
-                            ":!tests/test_docs.py"], cwd=REPO, capture_output=True, text=True)
+    outside = "sha" "red/"  # spelled in two pieces so this detector does not match itself
+    found = subprocess.run(["git", "grep", "-n", "-e", outside, "--", "."], cwd=REPO, capture_output=True, text=True)
     assert found.returncode in (0, 1), found.stderr  # 1: no match
     assert found.stdout == "", found.stdout
