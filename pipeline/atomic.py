@@ -114,6 +114,14 @@ def remove(path: Path) -> None:
     Path(path).unlink(missing_ok=True)
 
 
+def remove_tree(folder: Path) -> None:
+    """Delete a folder we own (never one of photos), as a write point."""
+    import shutil
+
+    faults.point(f"remove {Path(folder).name}/")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def remove_stale_temporaries(folder: Path) -> int:
     """Delete the temporary files that killed runs left under `folder`; returns how many.
 

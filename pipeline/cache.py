@@ -119,15 +119,8 @@ def _move_cache_files(layout: Layout, src: Path, dst: Path) -> None:
         source, target = src / path.name, dst / path.name
         if source.exists():
             if target.is_dir():
-                _remove_tree(target)
+                atomic.remove_tree(target)
             atomic.replace(source, target)
-
-
-def _remove_tree(folder: Path) -> None:
-    import shutil
-
-    faults.point(f"remove {folder.name}/")
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def read_key(out_dir: Path) -> dict:
@@ -330,7 +323,7 @@ class Journal:
 
     def clear(self) -> None:
         if self.dir.exists():
-            _remove_tree(self.dir)
+            atomic.remove_tree(self.dir)
 
 
 # ----------------------------------------------------------------------------- the photo folder

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import atomic, faults
+from . import atomic
 from .cache import key_id, load_embedded
 from .config import ClusterConfig
 from .errors import UserError
@@ -138,8 +137,7 @@ def _drop_previous(layout: Layout, loss: str) -> None:
         if path.exists():
             atomic.remove(path)
     if layout.cluster_sheets(loss).exists():
-        faults.point(f"remove sheets/{loss}/")
-        shutil.rmtree(layout.cluster_sheets(loss), ignore_errors=True)
+        atomic.remove_tree(layout.cluster_sheets(loss))
 
 
 def _describe_params(params: dict) -> str:
