@@ -423,7 +423,7 @@ class GeneralizedKMeans:
         spec = L.get_loss(self.loss)
         if spec.param_name is None:
             return None
-        scale = L.data_scale(X, spec.name)
+        scale = L.data_scale(X, spec.name, sample_weight=weight)
         if self.param != "auto":
             return L.check_param_scale(spec.name, L.validate_param(spec.name, self.param), scale)
         # The scale comes from the residuals of a short square-loss fit of the same data.
@@ -433,7 +433,7 @@ class GeneralizedKMeans:
             rng = np.random.default_rng([self._seed(), 0])
             C0 = X[kmeans_plus_plus(X, self.n_clusters, rng, sample_weight=weight)].clone()
         labels, centers, *_ = self._lloyd(X, C0, None, loss="square", max_iter=min(self.max_iter, 20), weight=weight)
-        return L.clamp_to_range(L.auto_param(X, centers, labels, spec.name), scale, spec.name)
+        return L.clamp_to_range(L.auto_param(X, centers, labels, spec.name, weight), scale, spec.name)
 
     def _reseed_empty(self, X, C, labels, loss, param, weight=None) -> torch.Tensor:
         """Empty clusters move to the points with the largest loss to their center.

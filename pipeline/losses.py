@@ -354,12 +354,13 @@ class Loss:
 
     # -- the parameter
 
-    def auto_rule(self, residual: torch.Tensor) -> float:
-        """A parameter from float64 residuals (m, d) of a square-loss fit. Default: the
-        median distance of a point to its center (the mean where that is 0)."""
+    def auto_rule(self, residual: torch.Tensor, weights: torch.Tensor | None = None) -> float:
+        """A parameter from float64 residuals (m, d) of a square-loss fit, each row counted
+        `weights` times if given. Default: the median distance of a point to its center
+        (the mean where that is 0)."""
         dist = residual.norm(dim=1)
-        value = dist.median().item()
-        return value if value > 0 else dist.mean().item()
+        value = weighted_quantile(dist, weights, 0.5)
+        return value if value > 0 else weighted_mean(dist, weights)
 
     def param_range(self, scale: float) -> tuple[float, float]:
         """The usable parameter values for data of this scale."""
@@ -511,13 +512,42 @@ class CoordinateLoss(Loss):
         return self.elementwise(r, param).sum(-1)
 
 
-def _mad_rule(residual: torch.Tensor) -> float:
+def _mad_rule(residual: torch.Tensor, weights: torch.Tensor | None = None) -> float:
     """1.345 * 1.4826 * MAD of the residual coordinates (mean |r| where the MAD is 0)."""
     flat = residual.flatten()
-    mad = (flat - flat.median()).abs().median().item()
+    flat_weights = None if weights is None else weights.repeat_interleave(residual.shape[1])
+    mad = weighted_quantile((flat - weighted_quantile(flat, flat_weights, 0.5)).abs(), flat_weights, 0.5)
     if mad <= 0:  # more than half the coordinates sit exactly on their center
-        mad = flat.abs().mean().item()
+        mad = weighted_mean(flat.abs(), flat_weights)
     return HUBER_EFFICIENCY * MAD_TO_SIGMA * mad
+
+
+def weighted_quantile(values: torch.Tensor, weights: torch.Tensor | None, q: float) -> float:
+    """The q-quantile of `values`, each counted `weights` times (torch's own definitions
+    without weights: the lower median for q = 0.5, linear interpolation otherwise), so
+    that integer weights give exactly the quantile of the repeated values."""
+    if weights is None:
+        return (values.median() if q == 0.5 else values.quantile(q)).item()
+    order = torch.argsort(values)
+    ordered, cumulative = values[order], torch.cumsum(weights[order].double(), 0)
+    total = cumulative[-1].item()
+
+    def at(index: float) -> float:  # the value at this position of the repeated, sorted values
+        j = int(torch.searchsorted(cumulative, torch.tensor([index], dtype=torch.float64,
+                                                             device=values.device), right=True))
+        return ordered[min(j, len(ordered) - 1)].item()
+
+    position = q * (total - 1)
+    if q == 0.5:
+        return at(math.floor(position))
+    low, high = math.floor(position), math.ceil(position)
+    return at(low) + (position - low) * (at(high) - at(low))
+
+
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> float:
+    if weights is None:
+        return values.mean().item()
+    return ((values * weights).sum() / weights.sum()).item()
 
 
 def _unit_weights(Xc, r, lc):
@@ -597,8 +627,8 @@ class Huber(CoordinateLoss):
     def irls_weights(self, r, param):  # min(1, delta/|r|) per coordinate
         return (param / r.abs().clamp(min=_tiny(r))).clamp(max=1.0)
 
-    def auto_rule(self, residual):
-        return _mad_rule(residual)
+    def auto_rule(self, residual, weights=None):
+        return _mad_rule(residual, weights)
 
 
 @register
@@ -628,8 +658,8 @@ class PseudoHuber(CoordinateLoss):
     def irls_weights(self, r, param):  # rho'(t)/t = 1/sqrt(1 + (t/delta)^2) per coordinate
         return torch.rsqrt(1.0 + (r / param) ** 2)
 
-    def auto_rule(self, residual):
-        return _mad_rule(residual)
+    def auto_rule(self, residual, weights=None):
+        return _mad_rule(residual, weights)
 
 
 @register
@@ -667,10 +697,10 @@ class Correntropy(Loss):
             C = weighted_means(X, labels, C, None, max_chunk_bytes, sample_weight, row_weights=weights)
         return C
 
-    def auto_rule(self, residual):
+    def auto_rule(self, residual, weights=None):
         dist = residual.norm(dim=1)
-        value = dist.median().item()
-        return value if value > 0 else dist.mean().item()  # many exact duplicates of their center
+        value = weighted_quantile(dist, weights, 0.5)
+        return value if value > 0 else weighted_mean(dist, weights)  # many exact duplicates of their center
 
 
 @register
@@ -703,10 +733,10 @@ class EpsilonInsensitive(Loss):
     def polish(self, X, labels, C, param, sample_weight=None):
         return polish_centers(X, labels, C, param, sample_weight=sample_weight)
 
-    def auto_rule(self, residual):
+    def auto_rule(self, residual, weights=None):
         dist = residual.norm(dim=1)
-        value = dist.quantile(EPSILON_QUANTILE).item()
-        return value if value > 0 else dist.mean().item()
+        value = weighted_quantile(dist, weights, EPSILON_QUANTILE)
+        return value if value > 0 else weighted_mean(dist, weights)
 
 
 def _epsilon_step(X, labels, C, epsilon: float, max_chunk_bytes: int, sample_weight=None, halvings: int = 5
@@ -914,18 +944,22 @@ def update_centers(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, loss:
 
 # ----------------------------------------------------------------------------- parameter scale
 
-def data_scale(X: torch.Tensor, loss: str, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> float:
+def data_scale(X: torch.Tensor, loss: str, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+               sample_weight: torch.Tensor | None = None) -> float:
     """The features' spread in the units of `loss`'s parameter: the RMS distance of the
-    rows to their mean, per coordinate for losses whose parameter applies per coordinate
-    (huber, pseudo_huber). 1.0 when every row is the same: any parameter then gives the
-    same clusters, and the range around 1 still keeps the arithmetic finite."""
+    rows to their (weighted) mean, per coordinate for losses whose parameter applies per
+    coordinate (huber, pseudo_huber). 1.0 when every row is the same: any parameter then
+    gives the same clusters, and the range around 1 still keeps the arithmetic finite."""
     spec = get_loss(loss)
     acc = _accumulator_dtype(X.device)
     n, d = X.shape
     rows = _pass_rows(X, max_chunk_bytes)
-    mean = sum(X[s].to(acc).sum(0) for s in _row_slices(n, rows)) / n
-    spread = sum(float(((X[s].to(acc) - mean) ** 2).sum()) for s in _row_slices(n, rows))
-    per = n * d if spec.scale_per_coordinate else n
+    w = None if sample_weight is None else sample_weight.to(acc)
+    weigh = (lambda s, v: v) if w is None else (lambda s, v: v * w[s, None])
+    count = float(n) if w is None else float(w.sum())
+    mean = sum(weigh(s, X[s].to(acc)).sum(0) for s in _row_slices(n, rows)) / count
+    spread = sum(float(weigh(s, (X[s].to(acc) - mean) ** 2).sum()) for s in _row_slices(n, rows))
+    per = count * d if spec.scale_per_coordinate else count
     scale = math.sqrt(spread / per)
     return scale if math.isfinite(scale) and scale > 0 else 1.0
 
@@ -955,17 +989,21 @@ def clamp_to_range(value: float, scale: float, loss: str | None = None) -> float
     return min(max(value, low), high)
 
 
-def auto_param(X: torch.Tensor, C: torch.Tensor, labels: torch.Tensor, loss: str) -> float | None:
+def auto_param(X: torch.Tensor, C: torch.Tensor, labels: torch.Tensor, loss: str,
+               sample_weight: torch.Tensor | None = None) -> float | None:
     """A parameter on the data's own scale, from the residuals of a (square-loss) fit:
     the loss's `auto_rule` (its class docstring states it) on at most AUTO_MAX_ROWS
-    evenly spaced rows, so the result is deterministic. None for a loss without one."""
+    evenly spaced rows, so the result is deterministic; with `sample_weight`, each row
+    counts as often as its weight. None for a loss without one."""
     spec = get_loss(loss)
     if spec.param_name is None:
         return None
     n = X.shape[0]
     rows = torch.linspace(0, n - 1, min(n, AUTO_MAX_ROWS), device=X.device).round().long().unique()
     residual = (X[rows] - C[labels[rows]]).double()
-    value = spec.auto_rule(residual)
+    # a loss's own auto_rule may predate weights: it is only asked with them when there are some
+    value = spec.auto_rule(residual) if sample_weight is None else \
+        spec.auto_rule(residual, sample_weight[rows].double())
     if not math.isfinite(value) or value <= 0:
         value = 1e-6  # every point on its center: any small positive scale gives the same clusters
     return float(value)

@@ -38,3 +38,27 @@ def test_every_decade_fits_or_is_refused_with_the_usable_range(features, loss):
         fitted += 1
     # the data's scale is about 0.1-1: the decades around it fit, the absurd ones are refused
     assert fitted >= 8 and refused >= 20, (fitted, refused)
+
+
+@pytest.mark.parametrize("loss", sorted(PARAM_NAME))
+def test_auto_parameters_count_each_row_as_often_as_its_weight(loss):
+    """With sample_weight the auto parameter (and the scale its range is checked against)
+    is the one of the repeated rows: integer weights give exactly the same value."""
+    import torch
+
+    from benchmarks.common import vgg_like
+    from pipeline.losses import data_scale
+
+    X = vgg_like(90, 6, 3, seed=4, outliers=0.1).astype(np.float32)
+    counts = np.random.default_rng(1).integers(0, 5, size=len(X))
+    counts[[0, 30, 60]] = 1
+    repeated = np.repeat(X, counts, axis=0)
+    init = X[[0, 30, 60]]
+    weighted = GeneralizedKMeans(3, loss, param="auto", init=init).fit(X, sample_weight=counts)
+    plain = GeneralizedKMeans(3, loss, param="auto", init=init).fit(repeated)
+    unweighted = GeneralizedKMeans(3, loss, param="auto", init=init).fit(X)
+    name = PARAM_NAME[loss]
+    assert weighted.params_[name] == pytest.approx(plain.params_[name], rel=1e-6)
+    assert unweighted.params_[name] != pytest.approx(plain.params_[name], rel=1e-3)  # the weights matter
+    assert data_scale(torch.from_numpy(X), loss, sample_weight=torch.from_numpy(counts).double()) == \
+        pytest.approx(data_scale(torch.from_numpy(repeated), loss), rel=1e-9)
