@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,29 @@ def _isolated_cache(tmp_path_factory):
     mp.setenv("PHOTOCLUST_CACHE", str(tmp_path_factory.mktemp("photoclust-cache")))
     yield
     mp.undo()
+
+
+def _permission_bits_apply() -> bool:
+    """Whether this process is refused a file its mode forbids: not for root with its usual
+    capabilities (CAP_DAC_OVERRIDE), which is how CI runs."""
+    if os.name != "posix":
+        return False
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe"
+        probe.write_text("x")
+        probe.chmod(0)
+        try:
+            probe.read_text()
+            return False
+        except PermissionError:
+            return True
+
+
+PERMISSIONS_ENFORCED = _permission_bits_apply()
+# Tests of unreadable files and folders; as root, tests/test_permissions.py runs them again
+# in a process without the capabilities that let root ignore permission bits.
+needs_permission_bits = pytest.mark.skipif(not PERMISSIONS_ENFORCED,
+                                           reason="this user ignores permission bits (test_permissions.py reruns it)")
 
 
 def make_photos(folder: Path, n: int, seed: int = 0) -> list[Path]:

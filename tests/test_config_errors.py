@@ -16,6 +16,8 @@ from pipeline.errors import UserError
 from pipeline.kmeans import GeneralizedKMeans
 from pipeline.losses import LossInputError
 
+from conftest import needs_permission_bits
+
 
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err
@@ -71,6 +73,7 @@ def test_losses_may_be_a_list_or_a_comma_separated_string(tmp_path):
     assert as_list.cluster.losses == as_text.cluster.losses == ("square", "huber")
 
 
+@needs_permission_bits
 def test_an_unreadable_config_file_is_one_line(tmp_path, capsys):
     config = write_toml(tmp_path, "[cluster]\nk = 3\n")
     config.chmod(0)

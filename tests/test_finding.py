@@ -20,12 +20,11 @@ from pipeline.extract import extract_folder
 from pipeline.images import (EXCLUDED_FOLDER, EXPORT_FOLDER, EXPORT_MARKER, OUTPUT_FOLDER, OUTPUT_MARKER,
                              find_images, scan_images)
 
-from conftest import make_photos
+from conftest import make_photos, needs_permission_bits
 
 CFG = ExtractConfig(weights="random", batch_size=4, workers=0, device="cpu")
 posix = pytest.mark.skipif(os.name != "posix", reason="needs POSIX links and permissions")
-not_root = pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
-                              reason="root ignores permission bits; needs a non-root POSIX user")
+not_root = needs_permission_bits
 
 
 def _touch(path: Path) -> Path:

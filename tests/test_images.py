@@ -12,6 +12,8 @@ from PIL import Image
 
 from pipeline.images import IMAGE_EXTENSIONS, UnreadableImage, find_images, open_rgb, thumbnail
 
+from conftest import needs_permission_bits
+
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
 
 
@@ -272,7 +274,7 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
     assert _reason_for(tmp_path / "dir.jpg")  # some short reason, not a raw OSError
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a non-root POSIX user")
+@needs_permission_bits
 def test_permission_denied(tmp_path: Path) -> None:
     path = saved(Image.new("RGB", (2, 2)), tmp_path / "locked.png")
     path.chmod(0)
