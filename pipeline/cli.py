@@ -278,12 +278,12 @@ def _run_extract(args: argparse.Namespace) -> int:
 def _run_cluster(args: argparse.Namespace) -> int:
     cfg, out = _load(args, cluster=True), _stage_out(args)
     with _locked(args, out):
-        fitted = _cluster(cfg, out, force=args.force)
-    if fitted and Layout(out).index.is_file():
-        from .report import write_index
+        refreshed = bool(_cluster(cfg, out, force=args.force)) and Layout(out).index.is_file()
+        if refreshed:  # under the same lock: the page must not show the refitted losses' old sheets
+            from .report import write_index
 
-        with _locked(args, out):
-            write_index(out)  # the page must not show the refitted losses' old sheets
+            write_index(out)
+    if refreshed:
         print("  refitted losses have no sheets yet: `make represent sheets` (python -m pipeline render) draws them")
     return 0
 
@@ -338,13 +338,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     out = _stage_out(args)
     with _locked(args, out):
         result = evaluate_run(out, args.labels, log=_log)
+        if Layout(out).index.is_file():
+            write_index(out)  # under the same lock: no other run's stage slips in between
     print(result.markdown)
     best = result.table.sort_values("nmi", ascending=False).iloc[0]
     print(f"best NMI: {best['loss']} ({best['nmi']:.3f}); {int(best['labelled'])} labelled photos in "
           f"{int(best['classes'])} classes -> {out}/evaluation.csv")
-    if Layout(out).index.is_file():
-        with _locked(args, out):
-            write_index(out)
     return 0
 
 
