@@ -235,14 +235,14 @@ def render_run(out_dir: Path, losses: list[str] | None = None, *, max_per_sheet:
         represent_run(out_dir, log=log)  # raises the "run cluster first" message
     embedded = load_embedded(out_dir)
     fingerprint = embedded.fingerprint
-    frames: dict[str, pd.DataFrame] = {}
     for loss in chosen:
         check_current(out_dir, loss, fingerprint)
-        frame = read_assignments(out_dir, loss)
-        if "rank" not in frame.columns or not layout.representatives(loss).is_file():
-            represent_run(out_dir, [loss], log=lambda m: None)  # represent did not run after the last cluster
-            frame = read_assignments(out_dir, loss)
-        frames[loss] = frame
+    frames: dict[str, pd.DataFrame] = {loss: read_assignments(out_dir, loss) for loss in chosen}
+    unranked = [loss for loss, frame in frames.items()
+                if "rank" not in frame.columns or not layout.representatives(loss).is_file()]
+    if unranked:  # represent did not run after the last cluster: one pass for all of them
+        represent_run(out_dir, unranked, log=lambda m: None)
+        frames.update({loss: read_assignments(out_dir, loss) for loss in unranked})
 
     sha1_of = {e.path: e.sha1 for e in embedded.entries if e.status == OK}
     thumbs = Thumbnails(read_source(out_dir), layout.thumbs, sha1_of)
