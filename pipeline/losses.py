@@ -44,6 +44,7 @@ DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
 # buffers cost page faults); on a GPU, big blocks amortise kernel launches.
 _CPU_BLOCK_BYTES = 2 * 2**20
 _CPU_GEMM_BLOCK_BYTES = 8 * 2**20
+_POLISH_COPY_BYTES = 64 * 2**20  # largest float64 copy of the rows the epsilon polish keeps
 
 # auto_param constants, quoted by the docstrings of the loss classes.
 HUBER_EFFICIENCY = 1.345  # Huber's constant for 95% efficiency under Gaussian noise
@@ -120,15 +121,33 @@ def _tiny(t: torch.Tensor) -> float:
 
 # ----------------------------------------------------------------------------- shared center updates
 
+# Per-cluster sums of a chunk: up to this many clusters, one GEMM with the (k, rows) one-hot
+# (or weight) matrix beats index_add_ (2000 x 512, k=5: 2x; 200k x 512, k=50: 2x, measured
+# with benchmarks/bench_cluster.py); beyond it the GEMM's k-fold work loses.
+_ONE_HOT_MAX_K = 64
+
+
+def _chunk_sums(values: torch.Tensor, labels: torch.Tensor, k: int, row_weights: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """(k, m) sums of the rows of `values` (rows, m) by label (each row times `row_weights`
+    (rows,) when given), in the values' dtype: the caller adds chunk totals in float64."""
+    if k <= _ONE_HOT_MAX_K:
+        rows = values.shape[0]
+        select = torch.zeros(k, rows, dtype=values.dtype, device=values.device)
+        select[labels, torch.arange(rows, device=values.device)] = 1 if row_weights is None else row_weights
+        return select @ values
+    if row_weights is not None:
+        values = values * row_weights[:, None]
+    return torch.zeros(k, values.shape[1], dtype=values.dtype, device=values.device).index_add_(0, labels, values)
+
+
 def cluster_sums(X: torch.Tensor, labels: torch.Tensor, k: int, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-cluster sums of rows (k, d) and counts (k,): each row chunk is summed in the
     data's dtype, the chunk totals in float64 (pairwise-style: no n x d float64 copy)."""
-    acc = _accumulator_dtype(X.device)
-    sums = torch.zeros(k, X.shape[1], dtype=acc, device=X.device)
-    partial = torch.empty(k, X.shape[1], dtype=X.dtype, device=X.device)
+    sums = torch.zeros(k, X.shape[1], dtype=_accumulator_dtype(X.device), device=X.device)
     for s in _row_slices(X.shape[0], _pass_rows(X, max_chunk_bytes)):
-        sums += partial.zero_().index_add_(0, labels[s], X[s])
+        sums += _chunk_sums(X[s], labels[s], k)
     counts = torch.bincount(labels, minlength=k)
     return sums, counts
 
@@ -140,7 +159,8 @@ def weighted_means(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, weigh
 
     `weight_fn(Xc, residual, labels_c)` gives weights per row (n_c, 1) or per coordinate
     (n_c, d); or `row_weights` (n,) holds them already (no residual pass). `sample_weight`
-    (n,) multiplies them. Clusters whose weights sum to zero keep their center.
+    (n,) multiplies them. Clusters whose weights sum to zero keep their center. As
+    `cluster_sums`: chunk sums in the data's dtype, their totals in float64.
     """
     acc = _accumulator_dtype(X.device)
     k, d = C.shape
@@ -148,13 +168,17 @@ def weighted_means(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, weigh
     den = None  # (k, 1) for weights per row (summed once, not once per coordinate), else (k, d)
     for s in _row_slices(X.shape[0], _pass_rows(X, max_chunk_bytes)):
         Xc, lc = X[s], labels[s]
-        w = (weight_fn(Xc, Xc - C[lc], lc) if row_weights is None else row_weights[s, None]).to(acc)
+        w = weight_fn(Xc, Xc - C[lc], lc) if row_weights is None else row_weights[s, None]
+        w = w.to(X.dtype)
         if sample_weight is not None:
-            w = w * sample_weight[s, None].to(acc)
-        num.index_add_(0, lc, w * Xc.to(acc))
-        if den is None:
-            den = torch.zeros(k, w.shape[1], dtype=acc, device=X.device)
-        den.index_add_(0, lc, w)
+            w = w * sample_weight[s, None].to(X.dtype)
+        if w.shape[1] == 1:  # weights per row scale the selection matrix, not the data
+            num += _chunk_sums(Xc, lc, k, w[:, 0])
+            chunk_den = torch.zeros(k, 1, dtype=acc, device=X.device).index_add_(0, lc, w.to(acc))
+        else:
+            num += _chunk_sums(w * Xc, lc, k)
+            chunk_den = _chunk_sums(w, lc, k)
+        den = chunk_den if den is None else den + chunk_den
     den = (den if den is not None else torch.zeros(k, 1, dtype=acc, device=X.device)).expand(k, d)
     ok = den > 0
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), C.to(acc)).to(C.dtype)
@@ -785,7 +809,7 @@ def _smoothed_epsilon(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, ep
             w = sample_weight[s].to(acc)
             soft, slope = soft * w, slope * w
         value += smooth * soft.sum()
-        grad.index_add_(0, lc, -slope[:, None] * r)
+        grad += _chunk_sums(r, lc, C.shape[0], -slope)
     return float(value), grad
 
 
@@ -802,8 +826,12 @@ def polish_centers(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, epsil
     """
     before = cluster_objectives(X, C, labels, "epsilon_insensitive", epsilon, sample_weight)
     flat = C.double().cpu().numpy().ravel()
+    acc = _accumulator_dtype(X.device)
+    # ~40 gradient passes follow: convert the rows once where the copy is small
+    # (2000 x 512: 8 MB), else each pass converts its chunk
+    rows = X.to(acc) if X.numel() * 8 <= min(max_chunk_bytes, _POLISH_COPY_BYTES) else X
     with _one_blas_thread():
-        flat = _lbfgs_stages(X, labels, C, epsilon, flat, stages, max_iter, max_chunk_bytes, sample_weight)
+        flat = _lbfgs_stages(rows, labels, C, epsilon, flat, stages, max_iter, max_chunk_bytes, sample_weight)
     polished = torch.from_numpy(flat.reshape(C.shape)).to(device=C.device, dtype=C.dtype)
     after = cluster_objectives(X, polished, labels, "epsilon_insensitive", epsilon, sample_weight)
     better = (after < before) & torch.isfinite(after)

@@ -161,3 +161,34 @@ def test_unknown_loss_lists_all_six():
     with pytest.raises(L.LossInputError) as err:
         L.check_loss("hinge")
     assert all(name in str(err.value) for name in L.LOSS_NAMES)
+
+
+@pytest.mark.parametrize("k", [3, L._ONE_HOT_MAX_K + 7])  # one GEMM per chunk, and index_add_ beyond it
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weighted_means_match_numpy_on_both_summation_paths(k, dtype):
+    rng = np.random.default_rng(k)
+    n, d = 3000, 7
+    X = rng.normal(3.0, 2.0, size=(n, d)).astype(dtype)
+    labels = rng.integers(0, k - 1, size=n)  # the last cluster stays empty: it keeps its center
+    row_w, coord_w = rng.random(n), rng.random((n, d))
+    C = torch.full((k, d), 9.0, dtype=torch.from_numpy(X).dtype)
+    Xt, lt = torch.from_numpy(X), torch.from_numpy(labels)
+    rows = L.weighted_means(Xt, lt, C, None, max_chunk_bytes=4096, row_weights=torch.from_numpy(row_w))
+    per_coordinate = torch.from_numpy(coord_w.astype(dtype))
+    seen, calls = [0], [0]  # weight_fn sees the row chunks in order: hand it the matching rows
+
+    def coordinate_weights(Xc, r, lc):
+        start = seen[0]
+        seen[0] += Xc.shape[0]
+        calls[0] += 1
+        return per_coordinate[start:start + Xc.shape[0]]
+
+    coords = L.weighted_means(Xt, lt, C, coordinate_weights, max_chunk_bytes=4096)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for c in range(k - 1):
+        members = labels == c
+        np.testing.assert_allclose(rows[c].numpy(), np.average(X[members], axis=0, weights=row_w[members]), rtol=tol)
+        expected = (coord_w[members] * X[members]).sum(0) / coord_w[members].sum(0)
+        np.testing.assert_allclose(coords[c].numpy(), expected, rtol=tol)
+    assert (rows[k - 1] == 9.0).all() and (coords[k - 1] == 9.0).all()
+    assert seen[0] == n and calls[0] > 1  # every row, in several chunks (the small budget)
