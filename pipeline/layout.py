@@ -5,6 +5,9 @@
   journal/, cache/<key id>/, source.json                      stage 1, see cache.py
   clusters/<loss>/{assignments.csv, centers.npy, summary.json, representatives.csv}  stages 2, 3
   thumbs/, sheets/, index.html                                 stage 4
+  site/ (cluster pages, map, duplicates, outliers, assigned), map.csv        the browsable site
+  duplicates.csv, clusters/<loss>/outliers.csv                 dupes and outliers
+  assigned.csv                                                 new photos placed by `assign`
   sweep/<loss>.{csv,png,json}, evaluation.csv, evaluation_agreement.csv, evaluation/
 """
 
@@ -106,6 +109,54 @@ class Layout:
     @property
     def index(self) -> Path:
         return self.root / "index.html"
+
+    # the browsable site (render writes it, index.html links it)
+    @property
+    def site(self) -> Path:
+        return self.root / "site"
+
+    def cluster_page(self, loss: str, cluster: int) -> Path:
+        return self.site / loss / f"cluster_{cluster}.html"
+
+    @property
+    def map_page(self) -> Path:
+        return self.site / "map.html"
+
+    @property
+    def map_points(self) -> Path:
+        """path, x, y: each photo's place on the map (a 2-D projection of its embedding)."""
+        return self.root / "map.csv"
+
+    @property
+    def map_assets(self) -> Path:
+        """thumbnail atlases and the point data the map page loads (a <script>, as file:// allows)."""
+        return self.site / "map"
+
+    @property
+    def duplicates_page(self) -> Path:
+        return self.site / "duplicates.html"
+
+    def outliers_page(self, loss: str) -> Path:
+        return self.site / f"outliers_{loss}.html"
+
+    @property
+    def assigned_page(self) -> Path:
+        return self.site / "assigned.html"
+
+    # duplicates, outliers, new photos
+    @property
+    def duplicates(self) -> Path:
+        """group, path, kind (exact | near), similarity: written by `dupes`."""
+        return self.root / "duplicates.csv"
+
+    def outliers(self, loss: str) -> Path:
+        """The photos with the largest loss to their own center under `loss`, worst first."""
+        return self.loss_dir(loss) / "outliers.csv"
+
+    @property
+    def assigned(self) -> Path:
+        """New photos placed into the existing clusters by `assign` (no refit)."""
+        return self.root / "assigned.csv"
 
     # around the flow
     @property
