@@ -58,7 +58,7 @@ def output_folder(source: str | os.PathLike) -> Path:
                         "its output folder")
     out = default_output(path)
     if not is_output_folder(out):
-        raise UserError(f"{path}: no run for these photos ({out} does not exist here); run "
+        raise UserError(f"{path}: no run for these photos in {out} (under {Path.cwd()}); run "
                         f"`photoclust run {path}` first, or pass the output folder itself")
     return out
 

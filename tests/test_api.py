@@ -41,7 +41,7 @@ def run(tmp_path_factory) -> tuple[Path, Path, Path]:
     made = make_photos(photos, 10)
     made[0].rename(made[0].with_name(HOSTILE))
     out = work / "outputs" / "sample"
-    assert main(["run", str(photos), "--out", str(out), *FAST, "--k", "3", "--n-init", "1"]) == 0
+    assert main(["run", str(photos), "--out", str(out), *FAST, "--k", "3", "--n-init", "1", "--max-iter", "10"]) == 0
     return work, photos, out
 
 
@@ -191,6 +191,28 @@ def test_reading_waits_for_a_commit_in_progress_and_never_finishes_it(run, tmp_p
     with pytest.raises(UserError, match="being committed"):
         load_results(out)
     assert pending.is_file() and not (out / "features.npy").exists()  # left for the run that owns it
+
+
+def test_a_file_replaced_during_a_read_makes_it_read_again(run, tmp_path, monkeypatch):
+    _, _, cached = run
+    out = tmp_path / "out"
+    shutil.copytree(cached, out)
+    path = Layout(out).assignments("square")
+    relabelled = read_frame(path, ["path"])
+    relabelled["cluster"] = (relabelled["cluster"] + 1) % 3
+    calls = []
+    read_map = api._map_points
+
+    def meanwhile(folder):  # another run replaces square's assignments after they were read
+        calls.append(folder)
+        if len(calls) == 1:
+            write_frame(path, relabelled)
+        return read_map(folder)
+
+    monkeypatch.setattr(api, "_map_points", meanwhile)
+    frame = load_results(out)
+    assert len(calls) == 2
+    assert frame.loc[frame["loss"] == "square", "cluster"].tolist() == relabelled["cluster"].tolist()
 
 
 class _Tags(HTMLParser):
