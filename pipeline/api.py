@@ -175,21 +175,28 @@ def _stamp(files: list[Path]) -> tuple:
 
 
 def _snapshot(out: Path, read: Callable[[], T]) -> T:
-    """`read()` over files no run changed while it read them (see the module docstring)."""
+    """`read()` over files no run changed while it read them (see the module docstring).
+
+    An error from a folder that stood still is its real state and is raised at once; one
+    from a folder that changed meanwhile (a commit or a refit in progress) is read again,
+    and if it keeps changing the error says so."""
     files = _watched(out)
+    error: UserError | None = None
     for attempt in range(READ_ATTEMPTS):
         before = _stamp(files)
         try:
             result = read()
-        except UserError:
-            # A commit or refit in progress looks like an incomplete folder: wait for it.
-            if attempt + 1 == READ_ATTEMPTS or (_stamp(files) == before and not _committing(out)):
-                raise
-        else:
-            if _stamp(files) == before:
-                return result
+            error = None
+        except UserError as exc:
+            error = exc
+        changed = _stamp(files) != before or (error is not None and _committing(out))
+        if not changed:
+            if error is not None:
+                raise error
+            return result
         time.sleep(0.05 * 2 ** attempt)
-    raise UserError(f"{out}: another photoclust run kept changing its files while they were read; "
+    why = f": {error}" if error is not None else ""
+    raise UserError(f"{out}: another photoclust run kept changing its files while they were read{why}; "
                     "try again when it has finished")
 
 
@@ -298,8 +305,9 @@ def cluster_html(loss: str, cluster: int, size: int, shown: pd.DataFrame, images
     for row, (uri, reason) in zip(shown.itertuples(), images):
         border = "3px solid #dc2828" if row.rank == 0 else "1px solid #ddd"
         if uri:
-            picture = (f'<img src="{uri}" alt="{text(row.path)}" title="{text(row.path)}" '
-                       f'style="max-width:{px}px;max-height:{px}px;border:{border}">')
+            picture = (f'<div style="height:{px + 6}px;display:flex;align-items:center;justify-content:center">'
+                       f'<img src="{uri}" alt="{text(row.path)}" title="{text(row.path)}" '
+                       f'style="max-width:{px}px;max-height:{px}px;border:{border}"></div>')
         else:
             picture = (f'<div title="{text(reason)}" style="width:{px}px;height:{px}px;background:#eee;'
                        f'color:#777;display:flex;align-items:center;justify-content:center">not available</div>')
