@@ -149,11 +149,11 @@ def extracted(runner, photos, tmp_path_factory):
 
 
 def test_each_stage_killed_at_every_write_point_reruns_to_the_clean_result(runner, extracted, tmp_path):
-    """cluster, represent, render, sweep and evaluate in turn, each from the clean result of
-    the ones before."""
+    """cluster, represent, dupes, render, sweep and evaluate in turn, each from the clean
+    result of the ones before."""
     folder, base = extracted
-    stages = [["cluster", *CLUSTER_ARGS], ["represent"], ["render"], ["sweep", "--k-range", "2:3", "--n-init", "1"],
-              ["evaluate"]]
+    stages = [["cluster", *CLUSTER_ARGS], ["represent"], ["dupes", "--threshold", "0.5"], ["render"],
+              ["sweep", "--k-range", "2:3", "--n-init", "1"], ["evaluate"]]
     before = tmp_path / "before"
     shutil.copytree(base, before)
     for stage in stages:
@@ -175,7 +175,8 @@ def test_each_stage_killed_at_every_write_point_reruns_to_the_clean_result(runne
             shutil.rmtree(out)
         before = clean
     for stage_file in ("assignments.csv", "centers.npy", "summary.json", "representatives.csv", "losses.png",
-                       "index.html", "square.json", "evaluation.csv"):
+                       "index.html", "square.json", "evaluation.csv", "outliers.csv", "duplicates.csv",
+                       "duplicates.json"):
         assert list(before.rglob(stage_file)), stage_file
 
 
