@@ -296,10 +296,11 @@ def dupes_run(out_dir: Path, threshold: float = DEFAULT_THRESHOLD, *, device: st
     assert len(sha1s) == len(embedded.paths)
     inputs = _inputs_digest(embedded.fingerprint, sha1s, threshold)
     record = read_record(out_dir)
-    if record is not None and record.get("inputs") == inputs \
+    counts = [record.get(key) for key in ("groups", "photos", "exact")] if record else []
+    if record is not None and record.get("inputs") == inputs and all(isinstance(c, int) for c in counts) \
             and record.get("csv_sha256") == _sha256(layout.duplicates):
-        log(f"dupes: up to date ({record['groups']} groups at similarity >= {threshold}); nothing to do")
-        return DupesResult(threshold, record["groups"], record["photos"], record["exact"], reused=True)
+        log(f"dupes: up to date ({counts[0]} groups at similarity >= {threshold}); nothing to do")
+        return DupesResult(threshold, *counts, reused=True)
     table = find_duplicates(embedded.paths, sha1s, embedded.features, threshold,
                             device=str(resolve_device(device)), progress=None)
     write_frame(layout.duplicates, table, float_format="%.6f")

@@ -261,13 +261,13 @@ def test_outliers_are_the_worst_losses_then_any_far_above_their_cluster():
     labels = np.array([0] * 6 + [1] * 6)
     losses = np.array([10.0, 10.1, 10.2, 10.3, 10.4, 10.5, 1.0, 1.1, 1.2, 1.3, 1.0, 3.0])
     paths = [f"p{i:02d}" for i in range(12)]
-    paths[3], losses[3] = "a_tie", 10.5  # ties with p05: by path
+    paths[5], losses[3] = "a_tie", 10.5  # p03 ties with a_tie (row 5): by path, not by row
     table = outliers_table(paths, labels, losses, at_least=3, share=0.0, z_flag=5.0)
     assert list(table.columns) == ["rank", "path", "cluster", "loss_to_center", "robust_z"]
     z = by_hand(labels, losses)
-    assert table["path"].tolist() == ["a_tie", "p05", "p04", "p11"]  # worst three, then p11 (z >= 5)
+    assert table["path"].tolist() == ["a_tie", "p03", "p04", "p11"]  # worst three, then p11 (z >= 5)
     assert table["rank"].tolist() == [1, 2, 3, 4]
-    assert table["robust_z"].tolist() == pytest.approx(np.round(z[[3, 5, 4, 11]], 4).tolist())
+    assert table["robust_z"].tolist() == pytest.approx(np.round(z[[5, 3, 4, 11]], 4).tolist())
     assert z[11] >= 5 > z[[0, 1, 2, 6, 7, 8, 9, 10]].max()
     # the default count: 50, or 2% of a larger collection
     many = np.arange(3000, dtype=float)
