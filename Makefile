@@ -34,9 +34,9 @@ $(STAMP): pyproject.toml pipeline/oxford-weights.txt
 
 .NOTPARALLEL:  # the stages of `run` must go in order
 
-# The four stages; each reads only what the one before wrote. `cluster` and `represent`
+# The stages; each reads only what an earlier one wrote. `cluster`, `represent` and `dupes`
 # open no photo, `sheets` opens only the photos it draws.
-run: features cluster represent sheets
+run: features cluster represent dupes sheets
 
 features: $(STAMP)
 	$(PY) -m pipeline extract $(call q,$(PHOTOS)) --out $(call q,$(OUT)) --config $(call q,$(CONFIG))
@@ -49,6 +49,11 @@ represent: $(STAMP)
 
 sheets: $(STAMP)
 	$(PY) -m pipeline render --out $(call q,$(OUT)) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
+
+# make dupes [THRESHOLD=0.9]: exact and near-duplicate photos -> duplicates.csv (opens no photo)
+.PHONY: dupes bench-dupes
+dupes: $(STAMP)
+	$(PY) -m pipeline dupes --out $(call q,$(OUT)) $(if $(THRESHOLD),--threshold $(call q,$(THRESHOLD)))
 
 # make sweep [KS=2:40] [LOSSES=square,huber]: objective and silhouette per k, a suggested k
 sweep: $(STAMP)
@@ -88,6 +93,12 @@ bench-cluster: $(STAMP)
 # Needs the sample's features (make features); adds junk images and scores every loss.
 bench-robust: $(STAMP)
 	$(PY) benchmarks/bench_robust.py --photos $(call q,$(PHOTOS)) --out $(call q,$(OUT))
+
+# Edited copies of the sample (resized, JPEG 30, cropped, brighter) embedded with the real
+# weights: precision and recall of near-duplicate pairs per threshold -> outputs/bench/dupes.json
+bench: bench-dupes
+bench-dupes: $(STAMP)
+	$(PY) benchmarks/bench_dupes.py --photos $(call q,$(PHOTOS))
 
 # Rebuild data/sample from Debian's tuxpaint-stamps-default (apt-get install it first).
 sample-data: $(STAMP)

@@ -111,13 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--losses", default=None, help="comma-separated losses (default: every clustered loss)")
     rep.set_defaults(run=_run_represent)
 
+    dup = sub.add_parser("dupes", parents=[waiting],
+                         help="exact and near-duplicate photos -> duplicates.csv (opens no image)")
+    _add_out(dup)
+    dup.add_argument("--threshold", default=None, metavar="T",
+                     help="cosine similarity of the features at or above which two photos are near-duplicates, "
+                          f"in (0, 1] (default {_default_threshold()}, calibrated by make bench-dupes)")
+    dup.set_defaults(run=_run_dupes)
+
     ren = sub.add_parser("render", parents=[waiting], help="contact sheets (PNG) and index.html (opens only the photos drawn)")
     _add_out(ren)
     ren.add_argument("--losses", default=None, help="comma-separated losses (default: every clustered loss)")
     ren.add_argument("--max-per-sheet", type=int, default=None, help="members drawn per cluster sheet (default 120)")
     ren.set_defaults(run=_run_render)
 
-    run = sub.add_parser("run", parents=[waiting], help="extract, cluster, represent and render in one go")
+    run = sub.add_parser("run", parents=[waiting], help="extract, cluster, represent, dupes and render in one go")
     run.add_argument("photos", help="folder of photos (searched recursively)")
     run.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/<folder name>)")
     _add_config(run)
@@ -313,6 +321,23 @@ def _run_represent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_threshold() -> float:
+    from .dupes import DEFAULT_THRESHOLD
+
+    return DEFAULT_THRESHOLD
+
+
+def _run_dupes(args: argparse.Namespace) -> int:
+    from .dupes import DEFAULT_THRESHOLD, check_threshold, dupes_run
+
+    threshold = check_threshold(args.threshold) if args.threshold is not None else DEFAULT_THRESHOLD
+    out = _stage_out(args)
+    with _locked(args, out):
+        result = dupes_run(out, threshold, log=_log)
+    print(f"{result.groups} duplicate group(s), {result.photos} photos -> {Layout(out).duplicates}")
+    return 0
+
+
 def _run_render(args: argparse.Namespace) -> int:
     out = _stage_out(args)
     with _locked(args, out):
@@ -329,6 +354,9 @@ def _run_all(args: argparse.Namespace) -> int:
         _extract(args, cfg, out)
         _cluster(cfg, out)
         represent_run(out, list(cfg.cluster.losses), log=_log)
+        from .dupes import dupes_run
+
+        dupes_run(out, log=_log)
         _render(out, list(cfg.cluster.losses), None)
     return 0
 

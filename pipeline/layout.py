@@ -7,6 +7,7 @@
   thumbs/, sheets/, index.html                                 stage 4
   site/ (cluster pages, map, duplicates, outliers, assigned), map.csv        the browsable site
   duplicates.csv, clusters/<loss>/outliers.csv                 dupes and outliers
+  duplicates.json                                              the features duplicates.csv was made from
   assigned.csv                                                 new photos placed by `assign`
   sweep/<loss>.{csv,png,json}, evaluation.csv, evaluation_agreement.csv, evaluation/
 """
@@ -148,6 +149,11 @@ class Layout:
     def duplicates(self) -> Path:
         """group, path, kind (exact | near), similarity: written by `dupes`."""
         return self.root / "duplicates.csv"
+
+    @property
+    def duplicates_record(self) -> Path:
+        """The features fingerprint, threshold and SHA-256 of duplicates.csv (written after it)."""
+        return self.root / "duplicates.json"
 
     def outliers(self, loss: str) -> Path:
         """The photos with the largest loss to their own center under `loss`, worst first."""

@@ -150,13 +150,14 @@ def extracted(runner, photos, tmp_path_factory):
 
 
 def test_each_stage_killed_at_every_write_point_reruns_to_the_clean_result(runner, extracted, tmp_path):
-    """cluster, represent, render, sweep, evaluate and assign in turn, each from the clean
-    result of the ones before."""
+    """cluster, represent, dupes, render, sweep, evaluate and assign in turn, each from the
+    clean result of the ones before."""
     folder, base = extracted
     new = tmp_path / "new"  # photos for `assign` to place
     make_photos(new, 2, seed=7)
-    stages = [["cluster", *CLUSTER_ARGS], ["represent"], ["render"], ["sweep", "--k-range", "2:3", "--n-init", "1"],
-              ["evaluate"], ["assign", new, "--device", "cpu", "--workers", "0", "--batch-size", "1"]]
+    stages = [["cluster", *CLUSTER_ARGS], ["represent"], ["dupes", "--threshold", "0.5"], ["render"],
+              ["sweep", "--k-range", "2:3", "--n-init", "1"], ["evaluate"],
+              ["assign", new, "--device", "cpu", "--workers", "0", "--batch-size", "1"]]
     before = tmp_path / "before"
     shutil.copytree(base, before)
     for stage in stages:
@@ -178,7 +179,8 @@ def test_each_stage_killed_at_every_write_point_reruns_to_the_clean_result(runne
             shutil.rmtree(out)
         before = clean
     for stage_file in ("assignments.csv", "centers.npy", "summary.json", "representatives.csv", "losses.png",
-                       "index.html", "square.json", "evaluation.csv", "assigned.csv"):
+                       "index.html", "square.json", "evaluation.csv", "assigned.csv", "outliers.csv",
+                       "duplicates.csv", "duplicates.json"):
         assert list(before.rglob(stage_file)), stage_file
 
 

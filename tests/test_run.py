@@ -53,10 +53,14 @@ def test_every_output_exists_and_agrees_with_the_manifest(pipeline_run):
     embedded = [r["path"] for r in manifest if r["status"] == "ok"]
     assert len(embedded) == 12 and [r["path"] for r in manifest if r["status"] != "ok"] == [f"a/{HOSTILE}"]
     assert (out / "index.html").is_file() and (out / "sheets" / "losses.png").is_file()
+    assert (out / "duplicates.csv").is_file() and (out / "duplicates.json").is_file()  # run includes dupes
     for loss in LOSS_NAMES:
         assignments = rows(out / "clusters" / loss / "assignments.csv")
         assert [r["path"] for r in assignments] == embedded
         assert (out / "sheets" / f"representatives_{loss}.png").is_file()
+        loss_of = {a["path"]: float(a["loss_to_center"]) for a in assignments}
+        assert [r["path"] for r in rows(out / "clusters" / loss / "outliers.csv")] == sorted(
+            embedded, key=lambda p: (-loss_of[p], p))  # 12 photos, fewer than 50: all of them, worst first
         for cluster in {int(r["cluster"]) for r in assignments}:
             assert (out / "sheets" / loss / f"cluster_{cluster}.png").is_file()
 
