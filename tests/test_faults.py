@@ -47,7 +47,8 @@ def _child(argv: list[str], env: dict[str, str], stderr: str | None) -> None:
 def runner():
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "torchvision", "pandas", "PIL.Image", "pipeline.cli", "pipeline.extract",
-                                "pipeline.cluster", "pipeline.render", "pipeline.report", "pipeline.export"])
+                                "pipeline.cluster", "pipeline.render", "pipeline.report", "pipeline.site",
+                                "pipeline.export", "jinja2"])
 
     def run(argv: list[str], kill_at: int | None = None, log: Path | None = None, stderr: Path | None = None) -> int:
         env = {"PHOTOCLUST_KILL_AT": str(kill_at)} if kill_at else {}
@@ -175,7 +176,7 @@ def test_each_stage_killed_at_every_write_point_reruns_to_the_clean_result(runne
             shutil.rmtree(out)
         before = clean
     for stage_file in ("assignments.csv", "centers.npy", "summary.json", "representatives.csv", "losses.png",
-                       "index.html", "square.json", "evaluation.csv"):
+                       "cluster_1.html", "index.html", "square.json", "evaluation.csv"):
         assert list(before.rglob(stage_file)), stage_file
 
 
