@@ -62,8 +62,9 @@ evaluate: $(STAMP)
 export: $(STAMP)
 	$(PY) -m pipeline export --out $(call q,$(OUT)) --loss $(call q,$(or $(LOSS),square)) --to $(call q,$(or $(TO),$(OUT)/export)) $(if $(COPY),--copy)
 
-# Opens index.html in headless Chromium and fails on any image that does not load
-# (needs Debian's chromium: apt-get install chromium).
+# Crawls the site from index.html (every page it links inside OUT) in headless Chromium:
+# fails on an image that does not load, a broken link, a JavaScript error or a navigation
+# key that goes nowhere (needs Debian's chromium: apt-get install chromium).
 check-html: $(STAMP)
 	$(PY) tests/check_html.py $(call q,$(OUT)/index.html)
 

@@ -4,7 +4,7 @@ A clean run first lists its write points (PHOTOCLUST_FAULT_LOG, see pipeline/fau
 then, for each point in turn, a fresh copy of the starting state is run with
 PHOTOCLUST_KILL_AT=N (the process kills itself there, as on a power cut: no cleanup runs),
 the same command is run again without the fault, and the output folder must equal the
-clean run's: byte-identical features and manifest, the same clusterings, sheets and
+clean run's: byte-identical features and manifest, the same clusterings, sheets, site pages and
 exported files, no temporary file, no journal left.
 
 The runs are forked from a server that imported torch once (multiprocessing forkserver),
