@@ -16,13 +16,29 @@
       });
       return true;
     };
-    var fromHash = function () {
+    var bar = tabs[0].parentNode;
+    var fromHash = function () {  // a link to a loss (#huber) shows it, with the tabs in view
       var name = "";
       try { name = decodeURIComponent(window.location.hash.slice(1)); } catch (e) { name = ""; }
-      return show(name);
+      if (!show(name)) { return false; }
+      bar.scrollIntoView({block: "start"});
+      return true;
     };
-    if (!fromHash()) { show(tabs[0].getAttribute("data-tab")); }
+    if (fromHash()) {  // the browser scrolls to the section itself once loaded: to the tabs instead
+      window.addEventListener("load", function () { window.setTimeout(function () { bar.scrollIntoView({block: "start"}); }, 0); });
+    } else {
+      show(tabs[0].getAttribute("data-tab"));
+    }
     window.addEventListener("hashchange", fromHash);
+    tabs.forEach(function (tab) {  // a click switches in place (and the back button returns)
+      tab.addEventListener("click", function (event) {
+        var name = tab.getAttribute("data-tab");
+        event.preventDefault();
+        try { window.history.pushState(null, "", "#" + encodeURIComponent(name)); } catch (e) { /* the hash stays */ }
+        show(name);
+      });
+    });
+    window.addEventListener("popstate", fromHash);
   }
 
   // Cluster pages: left/right arrows or k/j go to the previous/next cluster (the page's
