@@ -298,3 +298,16 @@ def test_the_templates_ship_with_the_package():
     templates = [p.relative_to(package).as_posix() for p in (package / "templates").iterdir()]
     assert templates and all(any(fnmatch.fnmatch(t, g) for g in globs) for t in templates), (templates, globs)
     assert any(d.replace(" ", "").startswith("jinja2>=") for d in project["project"]["dependencies"])
+
+
+def test_the_overview_links_the_map_page_once_it_exists(site_run):
+    from pipeline.report import write_index
+
+    _, cached, _ = site_run
+    out = cached.with_name("with_map")  # beside the original: the relative links to the photos hold
+    shutil.copytree(cached, out)
+    layout = Layout(out)
+    layout.map_page.write_text("<!DOCTYPE html><title>map</title><a href=\"../index.html\">overview</a>\n")
+    write_index(out)
+    assert '<a href="site/map.html">map of all photos</a>' in layout.index.read_text(encoding="utf-8")
+    assert layout.map_page in crawl(layout.index)
