@@ -19,7 +19,7 @@ K ?=
 LOSSES ?=
 CLUSTER_ARGS = --config $(call q,$(CONFIG)) $(if $(K),--k $(call q,$(K))) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
 
-.PHONY: install run features cluster represent sheets sweep evaluate export check-html test bench bench-extract \
+.PHONY: install run features cluster represent sheets sweep evaluate export assign check-html test bench bench-extract \
 	bench-cluster bench-robust sample-data clean
 
 install: $(STAMP)
@@ -61,6 +61,12 @@ evaluate: $(STAMP)
 # make export LOSS=huber TO=~/sorted [COPY=1]
 export: $(STAMP)
 	$(PY) -m pipeline export --out $(call q,$(OUT)) --loss $(call q,$(or $(LOSS),square)) --to $(call q,$(or $(TO),$(OUT)/export)) $(if $(COPY),--copy)
+
+# make assign NEW=~/new_photos [LOSSES=square,huber]: place new photos into the existing
+# clusters (no refit; the run's features and clusterings stay as they are) -> $(OUT)/assigned.csv
+assign: $(STAMP)
+	$(if $(NEW),,$(error make assign needs NEW=folder of new photos))
+	$(PY) -m pipeline assign $(call q,$(NEW)) --out $(call q,$(OUT)) --config $(call q,$(CONFIG)) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
 
 # Crawls the site from index.html (every page it links inside OUT) in headless Chromium:
 # fails on an image that does not load, a broken link, a JavaScript error or a navigation

@@ -183,3 +183,14 @@ class Layout:
     def relative(self, path: Path) -> str:
         """`path` as a POSIX path relative to the output folder (for links in index.html)."""
         return Path(path).relative_to(self.root).as_posix()
+
+
+def default_output(photos: str | Path) -> Path:
+    """The output folder `extract PHOTOS` makes when given no --out: outputs/<folder name>,
+    relative to the working directory (as every stage and `api.load_results` find it)."""
+    return Path("outputs") / (Path(photos).resolve().name or "photos")
+
+
+def is_output_folder(path: str | Path) -> bool:
+    """Whether `path` is a photoclust output folder (its marker, or an older folder's cache key)."""
+    return (Path(path) / OUTPUT_MARKER).is_file() or (Path(path) / LEGACY_OUTPUT_MARKER).is_file()

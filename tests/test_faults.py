@@ -48,7 +48,7 @@ def runner():
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "torchvision", "pandas", "PIL.Image", "pipeline.cli", "pipeline.extract",
                                 "pipeline.cluster", "pipeline.render", "pipeline.report", "pipeline.site",
-                                "pipeline.export", "jinja2"])
+                                "pipeline.export", "pipeline.assign", "jinja2"])
 
     def run(argv: list[str], kill_at: int | None = None, log: Path | None = None, stderr: Path | None = None) -> int:
         env = {"PHOTOCLUST_KILL_AT": str(kill_at)} if kill_at else {}
@@ -150,11 +150,13 @@ def extracted(runner, photos, tmp_path_factory):
 
 
 def test_each_stage_killed_at_every_write_point_reruns_to_the_clean_result(runner, extracted, tmp_path):
-    """cluster, represent, render, sweep and evaluate in turn, each from the clean result of
-    the ones before."""
+    """cluster, represent, render, sweep, evaluate and assign in turn, each from the clean
+    result of the ones before."""
     folder, base = extracted
+    new = tmp_path / "new"  # photos for `assign` to place
+    make_photos(new, 2, seed=7)
     stages = [["cluster", *CLUSTER_ARGS], ["represent"], ["render"], ["sweep", "--k-range", "2:3", "--n-init", "1"],
-              ["evaluate"]]
+              ["evaluate"], ["assign", new, "--device", "cpu", "--workers", "0", "--batch-size", "1"]]
     before = tmp_path / "before"
     shutil.copytree(base, before)
     for stage in stages:
@@ -176,7 +178,7 @@ def test_each_stage_killed_at_every_write_point_reruns_to_the_clean_result(runne
             shutil.rmtree(out)
         before = clean
     for stage_file in ("assignments.csv", "centers.npy", "summary.json", "representatives.csv", "losses.png",
-                       "cluster_1.html", "index.html", "square.json", "evaluation.csv"):
+                       "cluster_1.html", "index.html", "square.json", "evaluation.csv", "assigned.csv"):
         assert list(before.rglob(stage_file)), stage_file
 
 
