@@ -20,8 +20,16 @@ from .cluster import read_summary
 from .errors import UserError
 from .layout import Layout
 from .represent import clustered_losses
-from .site import link, number, params_text, photo_link, render, shown
+from .site import link, number, params_text, photo_link, render
+from .site import shown as readable
 from .tables import read_frame
+
+
+def shown(name) -> str:
+    """A file name from the data as HTML text (escaped), for HTML built outside the templates."""
+    from html import escape
+
+    return escape(readable(name))
 
 
 class _ThumbFiles:
@@ -52,10 +60,10 @@ def _loss(layout: Layout, loss: str, fingerprint: str | None, thumbs: _ThumbFile
         cluster_page, sheet = layout.cluster_page(loss, cluster), layout.cluster_sheet(loss, cluster)
         clusters.append({
             "cluster": cluster, "size": int(r.size), "rep_loss": number(r.representative_loss),
-            "farthest": shown(str(r.outliers).replace("|", ", ")),
+            "farthest": readable(str(r.outliers).replace("|", ", ")),
             "page": link(page, cluster_page) if cluster_page.is_file() else None,
             "sheet": link(page, sheet) if sheet.is_file() else None,
-            "rep": {"name": shown(r.representative), "thumb": link(page, thumb) if thumb else None,
+            "rep": {"name": readable(r.representative), "thumb": link(page, thumb) if thumb else None,
                     "reason": "no thumbnail", "representative": False,
                     "photo": photo_link(page, source / r.representative) if source else None}})
     sheet, outliers = layout.representatives_sheet(loss), layout.outliers_page(loss)
@@ -123,13 +131,13 @@ def index_context(out_dir: Path, title: str | None = None) -> dict:
     thumbs = _ThumbFiles(layout, {e.path: e.sha1 for e in entries if e.status == OK})
     losses = clustered_losses(out_dir)
     return {
-        "title": title or f"photoclust: {shown(out_dir.name)}",
+        "title": title or f"photoclust: {readable(out_dir.name)}",
         "ok": sum(e.status == OK for e in entries), "manifest": link(layout.index, layout.manifest),
         "pages": _pages(layout, losses),
         "losses": [_loss(layout, loss, fingerprint, thumbs, source) for loss in losses],
         "comparison": link(layout.index, layout.losses_sheet) if layout.losses_sheet.is_file() else None,
         "evaluation": _evaluation(layout), "sweeps": _sweeps(layout),
-        "unreadable": [{"name": shown(e.path), "reason": shown(e.reason)} for e in entries if e.status != OK]}
+        "unreadable": [{"name": readable(e.path), "reason": readable(e.reason)} for e in entries if e.status != OK]}
 
 
 def write_index(out_dir: Path, title: str | None = None) -> Path:

@@ -5,7 +5,7 @@ rendered from jinja2 templates (pipeline/templates/, autoescaped) that index.htm
                                  lazy-loaded thumbnail, its rank and loss; prev/next links (and keys)
   site/outliers_<loss>.html      clusters/<loss>/outliers.csv, worst first, linking each cluster page
   site/duplicates.html           duplicates.csv, one row per group, largest group first
-  site/assigned.html             assigned.csv, by loss and cluster, linking the cluster pages
+  site/assigned.html             assigned.csv (its current rows), by loss and cluster, linking the cluster pages
 
 The functions here gather plain dicts and lists (strings ready to print: names made
 readable by `display_name`, numbers formatted, links relative and percent-encoded per
@@ -215,8 +215,17 @@ def duplicates_page(layout: Layout, table: pd.DataFrame, photos: Photos) -> Path
                       overview=link(page, layout.index), csv=link(page, layout.duplicates))
 
 
-def assigned_rows(layout: Layout) -> pd.DataFrame:
-    return _read(layout.assigned, ["path", "loss", "cluster", "loss_to_center"], ["path", "loss"])
+def assigned_rows(layout: Layout, log: Callable[[str], None]) -> pd.DataFrame | None:
+    """The rows of assigned.csv whose clustering is still the current one (`assign.read_assigned`);
+    None when no row is."""
+    from .assign import read_assigned
+
+    current = read_assigned(layout.root)
+    stale = len(read_frame(layout.assigned, ["path"])) - len(current)
+    if stale:
+        log(f"{layout.assigned}: {stale} placement(s) into clusterings refitted since (or of other features) "
+            "left out; `photoclust assign` places them again")
+    return current if len(current) else None
 
 
 def assigned_page(layout: Layout, table: pd.DataFrame, photos: Photos) -> Path:
@@ -232,7 +241,8 @@ def assigned_page(layout: Layout, table: pd.DataFrame, photos: Photos) -> Path:
             cluster_page = layout.cluster_page(loss, int(cluster)) if loss in order else None
             clusters.append({"cluster": int(cluster),
                              "page": link(page, cluster_page) if cluster_page and cluster_page.is_file() else None,
-                             "members": [photos.card(page, r.path, loss=number(r.loss_to_center))
+                             "members": [photos.card(page, r.path, loss=number(r.loss_to_center),
+                                                     rank=int(r.rank_among_members) + 1)
                                          for r in members.itertuples()]})
         losses.append({"loss": shown(loss), "clusters": clusters})
     return write_page(page, "assigned.html", title="new photos placed into the clusters", photos=len(table),
@@ -271,7 +281,7 @@ def write_site(out_dir: Path, frames: dict[str, pd.DataFrame], summaries: dict[s
             log(f"{layout.duplicates} names photos that are not in manifest.csv (first: {display_name(strangers[0])}; "
                 "it was made before the last extract): no duplicates page until it is made again")
             duplicates = None
-    assigned = assigned_rows(layout) if layout.assigned.is_file() else None
+    assigned = assigned_rows(layout, log) if layout.assigned.is_file() else None
 
     extra = [*(duplicates["path"] if duplicates is not None else []), *(assigned["path"] if assigned is not None else [])]
     thumbs.prepare(sorted(set(extra)), progress)

@@ -86,6 +86,7 @@ def site_run(tmp_path_factory):
     shutil.copy(made[1], photos / "a" / "copy_of_img_01.jpg")
     new.mkdir()
     Image.new("RGB", (60, 60), (20, 200, 20)).save(new / "later photo #1.jpg")
+    shutil.copy(made[4], new / "img_04 again.jpg")
     assert main(["run", str(photos), "--out", str(out), "--k", "3", "--losses", ",".join(LOSSES), *FAST]) == 0
     layout = Layout(out)
 
@@ -100,9 +101,7 @@ def site_run(tmp_path_factory):
     write_frame(layout.outliers("square"), pd.DataFrame({
         "rank": [1, 2, 3], "path": worst["path"], "cluster": worst["cluster"],
         "loss_to_center": worst["loss_to_center"], "robust_z": [4.5, 3.25, 3.0]}))
-    write_frame(layout.assigned, pd.DataFrame({
-        "path": [str(new / "later photo #1.jpg"), "a/img_05.jpg", str(new / "later photo #1.jpg")],
-        "loss": ["huber", "square", "square"], "cluster": [1, 0, 0], "loss_to_center": [0.5, 0.25, 0.125]}))
+    assert main(["assign", str(new), "--out", str(out), "--device", "cpu", "--workers", "0"]) == 0
     assert main(["render", "--out", str(out), "--max-per-sheet", "2"]) == 0
     return photos, out, new
 
@@ -199,18 +198,23 @@ def test_outliers_page_is_worst_first_and_links_the_cluster_pages(site_run):
 
 
 def test_assigned_page_groups_by_loss_and_cluster(site_run):
-    photos, out, new = site_run
+    """The placements `assign` made, by loss (square before huber), then cluster, nearest first."""
+    _, out, new = site_run
     layout = Layout(out)
     page = layout.assigned_page
     text = page.read_text(encoding="utf-8")
+    table = read_frame(layout.assigned, ["path", "loss"])
+    assert len(table) == 2 * len(LOSSES)
     assert text.index(">square</h2>") < text.index(">huber</h2>")
-    assert '<a href="square/cluster_0.html">cluster 0</a>: 2 new' in text
-    assert '<a href="huber/cluster_1.html">cluster 1</a>: 1 new' in text
-    linked = [target(page, c["photo"]) for c in cards(page).cards]
-    # square's cluster 0 nearest first, then huber's
-    wanted = [new / "later photo #1.jpg", photos / "a/img_05.jpg", new / "later photo #1.jpg"]
-    assert all(same(a, b) for a, b in zip(linked, wanted, strict=True))
-    assert all(target(page, c["thumb"]).is_file() for c in cards(page).cards)
+    wanted = []
+    for loss in LOSSES:
+        for cluster, rows in table[table["loss"] == loss].groupby("cluster"):
+            assert f'<a href="{loss}/cluster_{cluster}.html">cluster {cluster}</a>: {len(rows)} new' in text
+            wanted += list(rows.sort_values("loss_to_center")["path"])
+    shown = cards(page).cards
+    assert all(same(target(page, c["photo"]), Path(w)) for c, w in zip(shown, wanted, strict=True))
+    assert all(target(page, c["thumb"]).is_file() for c in shown)
+    assert {Path(p).parent for p in wanted} == {new}
 
 
 def test_index_links_every_cluster_page_and_the_other_pages(site_run):
@@ -263,11 +267,18 @@ def test_stale_or_missing_csvs_take_their_pages_away(site_run, tmp_path, capsys)
     index = layout.index.read_text(encoding="utf-8")
     assert "outliers_square.html" not in index and "duplicates.html" not in index
     assert all("outliers_square" not in p.read_text(encoding="utf-8") for p in layout.cluster_pages("square").iterdir())
+    # placements into a clustering refitted since are left out, and said so
+    assigned = read_frame(layout.assigned, ["path", "loss", "clustering_fingerprint"])
+    assigned.loc[assigned["loss"] == "huber", "clustering_fingerprint"] = "0" * 16
+    write_frame(layout.assigned, assigned)
+    assert main(["render", "--out", str(out)]) == 0
+    assert "2 placement(s) into clusterings refitted since" in capsys.readouterr().err
+    assert ">huber</h2>" not in layout.assigned_page.read_text(encoding="utf-8")
     # a CSV without the columns the page needs: one line naming it
-    write_frame(layout.assigned, read_frame(layout.assigned, ["path"]).drop(columns="cluster"))
+    write_frame(layout.outliers("square"), table.drop(columns="robust_z"))
     assert main(["render", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "assigned.csv: no column cluster" in err and "Traceback" not in err
+    assert "outliers.csv: no column robust_z" in err and "Traceback" not in err
 
 
 def test_a_refit_takes_the_old_cluster_pages_away(site_run, tmp_path):
