@@ -73,8 +73,9 @@ assign: $(STAMP)
 	$(if $(NEW),,$(error make assign needs NEW=folder of new photos))
 	$(PY) -m pipeline assign $(call q,$(NEW)) --out $(call q,$(OUT)) --config $(call q,$(CONFIG)) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
 
-# Opens index.html in headless Chromium and fails on any image that does not load
-# (needs Debian's chromium: apt-get install chromium).
+# Crawls the site from index.html (every page it links inside OUT) in headless Chromium:
+# fails on an image that does not load, a broken link, a JavaScript error or a navigation
+# key that goes nowhere (needs Debian's chromium: apt-get install chromium).
 check-html: $(STAMP)
 	$(PY) tests/check_html.py $(call q,$(OUT)/index.html)
 

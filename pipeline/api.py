@@ -277,7 +277,7 @@ def _thumbnails(out: Path, paths: list[str], sha1_of: dict[str, str], size: int)
     found = []
     for path in tqdm(paths, unit="img", desc="thumbnails", disable=None, leave=False):
         try:
-            data = cache._cache_path(path).read_bytes()  # render's cache: the same name it writes
+            data = cache.cache_path(path).read_bytes()  # render's cache: the same name it writes
         except OSError:
             data = None
         reason = ""

@@ -116,8 +116,11 @@ class Layout:
     def site(self) -> Path:
         return self.root / "site"
 
+    def cluster_pages(self, loss: str) -> Path:
+        return self.site / loss
+
     def cluster_page(self, loss: str, cluster: int) -> Path:
-        return self.site / loss / f"cluster_{cluster}.html"
+        return self.cluster_pages(loss) / f"cluster_{cluster}.html"
 
     @property
     def map_page(self) -> Path:
