@@ -140,6 +140,7 @@ def write_index(out_dir: Path, title: str | None = None) -> Path:
 <h1>{shown(title)}</h1>
 <p>{ok} photos embedded, {len(bad)} unreadable (<a href="{href(layout.relative(layout.manifest))}">manifest.csv</a>).
 Clustered under: {nav or '<span class=muted>nothing yet</span>'}.</p>
+{f'<p><a href="{href(layout.relative(layout.map_page))}">Map of all photos</a>: every photo placed by similarity, coloured by cluster.</p>' if layout.map_page.is_file() else ''}
 {comparison}
 {_evaluation_section(layout)}
 {_sweep_section(layout)}
