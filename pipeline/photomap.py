@@ -130,9 +130,10 @@ def points_data(paths: list[str], xy: np.ndarray, clusters: dict[str, list[int]]
 
 
 def points_script(data: dict) -> str:
-    """`const PHOTOCLUST_MAP = {...};`: JSON with every non-ASCII character escaped, so nothing
-    in a file name can end the string or the script."""
+    """`const PHOTOCLUST_MAP = {...};`: JSON with every non-ASCII character and < > & escaped
+    (\\uXXXX), so nothing in a file name can end the string, or the script were it inlined."""
     text = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return f"const {SCRIPT_NAME} = {text};\n"
 
 

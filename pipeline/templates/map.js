@@ -285,7 +285,7 @@
     screenOf: function (i) { return toScreen(i); },
     drawNow: function () { var start = performance.now(); draw(); return performance.now() - start; },
     state: function () {
-      return {mode: drawnMode, drawn: drawnCount, scale: view.scale, loss: loss,
+      return {mode: drawnMode, drawn: drawnCount, scale: view.scale, size: thumbSize(), loss: loss,
               atlasesLoaded: atlases.filter(function (a) { return a.complete && a.naturalWidth > 0; }).length,
               atlases: atlases.length};
     },
