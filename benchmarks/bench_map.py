@@ -68,6 +68,79 @@ def measure(X: np.ndarray, labels: np.ndarray, methods: list[str], sample: int |
     return rows
 
 
+PAGE_PROBE = """<script>
+window.addEventListener("load", function () {
+  function run() {
+    var m = window.photoclustMap, out = {views: [], state: m.state()};
+    if (out.state.atlasesLoaded < out.state.atlases) { setTimeout(run, 500); return; }
+    function measure(label) {
+      var times = [];
+      for (var i = 0; i < 15; i++) { times.push(m.drawNow()); }
+      times.sort(function (a, b) { return a - b; });
+      var s = m.state();
+      out.views.push({view: label, mode: s.mode, drawn: s.drawn, thumbnail_px: Math.round(s.size),
+                      ms_median: +times[7].toFixed(2), ms_max: +times[14].toFixed(2)});
+    }
+    measure("whole map");
+    [3, 3, 3].forEach(function (f, i) { m.zoom(f); measure("zoom x" + Math.pow(3, i + 1)); });
+    var pre = document.createElement("pre");
+    pre.id = "result";
+    pre.textContent = JSON.stringify(out);
+    document.body.appendChild(pre);
+  }
+  run();
+});
+</script>"""
+
+
+def page_timing(n: int, seed: int = 0) -> dict:
+    """Frame times of the map page itself with n photos (synthetic thumbnails), in headless
+    Chromium (software rendering, --disable-gpu): drawNow() 15 times per view, median and max."""
+    import html
+    import json
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+
+    from PIL import Image
+
+    from pipeline import atomic, photomap
+    from pipeline.layout import Layout
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return {"skipped": "no chromium"}
+    features, labels = vgg_like(n, 512, 10, seed=seed, dtype=np.float32, return_labels=True)
+    xy = photomap.rounded(projection.to_unit_box(projection.project(normalize_features(features, "l2"), "pca")))
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        layout = Layout(Path(folder))
+        atlases = []
+        for index, start in enumerate(range(0, n, photomap.per_atlas())):
+            count = min(photomap.per_atlas(), n - start)
+            w, h = photomap.atlas_size(count)
+            colours = rng.integers(0, 256, size=(h // photomap.CELL_PX, photomap.ATLAS_GRID, 3), dtype=np.uint8)
+            cells = np.repeat(np.repeat(colours, photomap.CELL_PX, axis=0), photomap.CELL_PX, axis=1)
+            image = Image.fromarray(cells)
+            atomic.write_with(layout.map_atlas(index), lambda fh: image.save(fh, "JPEG", quality=photomap.ATLAS_QUALITY))
+            atlases.append(f"map/atlas_{index}.jpg")
+        paths = [f"p/{i:05d}.jpg" for i in range(n)]
+        data = photomap.points_data(paths, xy, {"square": labels.tolist()}, "../photos/", atlases)
+        atomic.write_text(layout.map_script, photomap.points_script(data))
+        page = photomap.page_html("bench", "map/points.js", "../index.html")
+        atomic.write_text(layout.map_page, page.replace("</body>", PAGE_PROBE + "</body>", 1))
+        with tempfile.TemporaryDirectory() as profile:
+            proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,800",
+                                   "--allow-file-access-from-files", "--virtual-time-budget=60000",
+                                   f"--user-data-dir={profile}", "--dump-dom", layout.map_page.as_uri()],
+                                  capture_output=True, text=True, timeout=300)
+    match = re.search(r'<pre id="result">(.*?)</pre>', proc.stdout, re.S)
+    if not match:
+        return {"skipped": f"no result from chromium: {proc.stderr[-300:]}"}
+    return {"n": n, "window": "1280x800", **json.loads(html.unescape(match.group(1)))}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("outputs/sample"), help="output folder with the sample's features")

@@ -252,12 +252,13 @@ def write_map(out_dir: Path, embedded: Embedded, assignments: dict[str, pd.DataF
         cluster_of = dict(zip(frame["path"], frame["cluster"].astype(int)))
         clusters[loss] = [int(cluster_of.get(p, -1)) for p in paths]
     page_dir = layout.map_page.parent
+    photos = read_source(out_dir)
     atlases = [Path(os.path.relpath(layout.map_atlas(i), page_dir)).as_posix() for i in range(len(keys))]
-    data = points_data(paths, xy, clusters, photo_base(read_source(out_dir), page_dir), atlases)
+    data = points_data(paths, xy, clusters, photo_base(photos, page_dir), atlases)
     _write_if_changed(layout.map_script, points_script(data))
     script = Path(os.path.relpath(layout.map_script, page_dir)).as_posix()
     index = Path(os.path.relpath(layout.index, page_dir)).as_posix()
-    _write_if_changed(layout.map_page, page_html(f"photoclust map: {out_dir.name}", script, index))
+    _write_if_changed(layout.map_page, page_html(f"photoclust map: {display_name(photos.name)}", script, index))
     new_record = {"key": key, "atlases": keys, "photos": len(paths)}
     if rebuilt or record != new_record:
         atomic.write_text(layout.map_record, json.dumps(new_record, indent=2, sort_keys=True) + "\n")

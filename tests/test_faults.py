@@ -175,7 +175,8 @@ def test_each_stage_killed_at_every_write_point_reruns_to_the_clean_result(runne
             shutil.rmtree(out)
         before = clean
     for stage_file in ("assignments.csv", "centers.npy", "summary.json", "representatives.csv", "losses.png",
-                       "index.html", "square.json", "evaluation.csv"):
+                       "index.html", "square.json", "evaluation.csv",
+                       "map.csv", "map.html", "points.js", "atlas_0.jpg", "map.json"):  # the map (render)
         assert list(before.rglob(stage_file)), stage_file
 
 

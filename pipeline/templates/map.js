@@ -6,7 +6,7 @@
   "use strict";
   var MIN_THUMB = 12;      // px on screen: smaller thumbnails are drawn as dots
   var MAX_THUMB = 96;      // px on screen: thumbnails stop growing when zooming in further
-  var MAX_DRAWN = 6000;    // more visible photos than this are drawn as dots
+  var MAX_DRAWN = 6000;    // more thumbnails than this to draw: dots instead
   var BACKGROUND = "#202124";
   var PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
                  "#ff9da7", "#9c755f", "#bab0ac", "#1f77b4", "#aec7e8", "#ffbb78", "#98df8a",
@@ -37,7 +37,7 @@
   var width = 0, height = 0, ratio = 1;
   var loss = data.losses.length ? data.losses[0] : null;
   var hovered = -1, pending = false, drawnMode = "", drawnCount = 0;
-  var visible = new Int32Array(n), visibleCount = 0;
+  var visible = new Int32Array(n), shown = new Int32Array(n);
 
   var atlases = data.atlases.map(function (src) {
     var image = new Image();
@@ -75,32 +75,47 @@
 
   function thumbSize() { return Math.min(MAX_THUMB, thumbWorld * view.scale); }
 
-  // Which photos are in view (in drawing order): the only ones drawn and hit-tested.
-  function collectVisible(margin) {
+  // What to draw for the current view: the photos in view, in drawing order (later on top).
+  // Thumbnails when they are large enough: then a photo whose centre falls in a screen cell
+  // (0.4 thumbnail wide) that a photo drawn above it already took is left out, since it would
+  // be all but hidden; this bounds the overdraw however dense the map. Dots otherwise, or when
+  // more than MAX_DRAWN thumbnails would remain.
+  function plan() {
+    var size = thumbSize(), margin = size;
     var left = view.cx - (width / 2 + margin) / view.scale, right = view.cx + (width / 2 + margin) / view.scale;
     var top = view.cy - (height / 2 + margin) / view.scale, bottom = view.cy + (height / 2 + margin) / view.scale;
-    visibleCount = 0;
-    for (var i = 0; i < n; i++) {
+    var count = 0, i, k;
+    for (i = 0; i < n; i++) {
       var x = xs[i], y = ys[i];
-      if (x >= left && x <= right && y >= top && y <= bottom) { visible[visibleCount++] = i; }
+      if (x >= left && x <= right && y >= top && y <= bottom) { visible[count++] = i; }
     }
+    if (size < MIN_THUMB) { return {mode: "dots", size: size, list: visible, count: count}; }
+    var step = Math.max(4, size * 0.4);
+    var columns = Math.ceil((width + 2 * margin) / step) + 1, rows = Math.ceil((height + 2 * margin) / step) + 1;
+    var taken = new Uint8Array(columns * rows), kept = 0;
+    for (k = count - 1; k >= 0; k--) {  // topmost first
+      i = visible[k];
+      var p = toScreen(i);
+      var c = Math.floor((p[0] + margin) / step) + columns * Math.floor((p[1] + margin) / step);
+      if (!taken[c]) { taken[c] = 1; shown[kept++] = i; }
+    }
+    if (kept > MAX_DRAWN) { return {mode: "dots", size: size, list: visible, count: count}; }
+    shown.subarray(0, kept).reverse();  // back to drawing order
+    return {mode: "thumbnails", size: size, list: shown, count: kept};
   }
-
-  function thumbsMode(size) { return size >= MIN_THUMB && visibleCount <= MAX_DRAWN; }
 
   function draw() {
     pending = false;
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
     ctx.fillStyle = BACKGROUND;
     ctx.fillRect(0, 0, width, height);
-    var size = thumbSize();
-    collectVisible(size);
+    var now = plan(), size = now.size, list = now.list;
     var i, k, p;
-    if (thumbsMode(size)) {
-      drawnMode = "thumbnails";
+    if (now.mode === "thumbnails") {
       var half = size / 2, frame = Math.max(1, Math.min(3, size / 16));
-      for (k = 0; k < visibleCount; k++) {
-        i = visible[k];
+      ctx.imageSmoothingEnabled = size > cell;
+      for (k = 0; k < now.count; k++) {
+        i = list[k];
         p = toScreen(i);
         ctx.fillStyle = colour(clusterOf(i));
         ctx.fillRect(p[0] - half - frame, p[1] - half - frame, size + 2 * frame, size + 2 * frame);
@@ -112,11 +127,10 @@
         }
       }
     } else {
-      drawnMode = "dots";
       var r = Math.max(1.5, Math.min(4, size / 4));
       var groups = {};
-      for (k = 0; k < visibleCount; k++) {
-        i = visible[k];
+      for (k = 0; k < now.count; k++) {
+        i = list[k];
         var key = clusterOf(i);
         (groups[key] = groups[key] || []).push(i);
       }
@@ -130,7 +144,8 @@
         ctx.fill();
       });
     }
-    drawnCount = visibleCount;
+    drawnMode = now.mode;
+    drawnCount = now.count;
     if (hovered >= 0) {
       p = toScreen(hovered);
       var s = drawnMode === "thumbnails" ? size / 2 + 4 : 6;
@@ -147,24 +162,23 @@
     }
   }
 
-  // The photo under canvas position (x, y) in CSS pixels: the topmost thumbnail there, or in
-  // dot mode the nearest dot within a few pixels; -1 when none.
+  // The photo under canvas position (x, y) in CSS pixels: the topmost thumbnail drawn there,
+  // or in dot mode the nearest dot within 6 pixels; -1 when none.
   function pointAt(x, y) {
-    var size = thumbSize();
-    collectVisible(size);
+    var now = plan(), list = now.list;
     var k, i, p;
-    if (thumbsMode(size)) {
-      var half = size / 2 + 1;
-      for (k = visibleCount - 1; k >= 0; k--) {
-        i = visible[k];
+    if (now.mode === "thumbnails") {
+      var half = now.size / 2 + 1;
+      for (k = now.count - 1; k >= 0; k--) {
+        i = list[k];
         p = toScreen(i);
         if (Math.abs(p[0] - x) <= half && Math.abs(p[1] - y) <= half) { return i; }
       }
       return -1;
     }
-    var best = -1, bestDistance = 36;  // within 6 px
-    for (k = 0; k < visibleCount; k++) {
-      i = visible[k];
+    var best = -1, bestDistance = 36;
+    for (k = 0; k < now.count; k++) {
+      i = list[k];
       p = toScreen(i);
       var d = (p[0] - x) * (p[0] - x) + (p[1] - y) * (p[1] - y);
       if (d <= bestDistance) { best = i; bestDistance = d; }
@@ -283,6 +297,7 @@
     pointAt: pointAt,
     link: link,
     screenOf: function (i) { return toScreen(i); },
+    drawn: function () { var now = plan(); return Array.from(now.list.subarray(0, now.count)); },
     drawNow: function () { var start = performance.now(); draw(); return performance.now() - start; },
     state: function () {
       return {mode: drawnMode, drawn: drawnCount, scale: view.scale, size: thumbSize(), loss: loss,
