@@ -14,7 +14,11 @@ draws them, each method available here is timed and scored:
 The synthetic scores are of a random 2,000-point sample of the 20,000-point map (the scores
 are O(n^2)). The same two label scores in the full 512-d space are the `reference` row.
 
-    python benchmarks/bench_map.py [--out outputs/sample] [--methods pca,umap,tsne] [--n 20000]
+Then the page itself (`page`): site/map.html with 20,000 synthetic photos (their PCA map, 5
+atlases of flat-colour thumbnails) in headless Chromium (software rendering), the time of one
+frame (drawNow) for the whole map and zoomed 3, 9 and 27 times: median and max of 15.
+
+    python benchmarks/bench_map.py [--out outputs/sample] [--methods pca,umap,tsne] [--n 20000] [--no-page]
 writes outputs/bench/map.json (`make bench-map`; umap and tsne need `pip install -e '.[map]'`).
 """
 
@@ -147,6 +151,8 @@ def main() -> int:
     parser.add_argument("--methods", default=",".join(projection.METHODS), help="comma-separated methods to measure")
     parser.add_argument("--n", type=int, default=20000, help="rows of the synthetic data (timing)")
     parser.add_argument("--score-sample", type=int, default=2000, help="points of the synthetic map that are scored")
+    parser.add_argument("--no-page", dest="page", action="store_false",
+                        help="skip timing the map page itself in headless Chromium")
     args = parser.parse_args()
     wanted = [m for m in args.methods.split(",") if m]
     methods = [m for m in wanted if projection.available(m)]
@@ -170,6 +176,11 @@ def main() -> int:
     print(f"synthetic: {args.n} x 512, 10 groups (scores on {args.score_sample} points)")
     result["synthetic"] = {"n": args.n, "scored": args.score_sample,
                            **measure(synthetic, groups, methods, args.score_sample, called)}
+    if args.page:
+        print(f"page: frame times with {args.n} photos in headless Chromium")
+        result["page"] = page_timing(args.n)
+        for row in result["page"].get("views", []):
+            print("  " + "  ".join(f"{k} {v}" for k, v in row.items()))
     path = write_result("map", result)
     print(f"-> {path}")
     return 0
