@@ -4,7 +4,7 @@
 // animation frame. window.photoclustMap exposes hitTest(x, y) and friends for the tests.
 (function () {
   "use strict";
-  var MIN_THUMB = 12;      // px on screen: smaller thumbnails are drawn as dots
+  var MIN_THUMB = 20;      // px on screen: smaller thumbnails are drawn as dots
   var MAX_THUMB = 96;      // px on screen: thumbnails stop growing when zooming in further
   var MAX_DRAWN = 6000;    // more thumbnails than this to draw: dots instead
   var BACKGROUND = "#202124";
@@ -300,7 +300,7 @@
     drawn: function () { var now = plan(); return Array.from(now.list.subarray(0, now.count)); },
     drawNow: function () { var start = performance.now(); draw(); return performance.now() - start; },
     state: function () {
-      return {mode: drawnMode, drawn: drawnCount, scale: view.scale, size: thumbSize(), loss: loss,
+      return {mode: drawnMode, drawn: drawnCount, scale: view.scale, size: thumbSize(), minThumb: MIN_THUMB, loss: loss,
               atlasesLoaded: atlases.filter(function (a) { return a.complete && a.naturalWidth > 0; }).length,
               atlases: atlases.length};
     },
