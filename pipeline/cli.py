@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--losses", default=None, help="comma-separated losses (default: every clustered loss)")
     rep.set_defaults(run=_run_represent)
 
-    ren = sub.add_parser("render", parents=[waiting], help="contact sheets (PNG) and index.html (opens only the photos drawn)")
+    ren = sub.add_parser("render", parents=[waiting], help="contact sheets (PNG), the map (site/map.html) and index.html (opens only the photos drawn)")
     _add_out(ren)
     ren.add_argument("--losses", default=None, help="comma-separated losses (default: every clustered loss)")
     ren.add_argument("--max-per-sheet", type=int, default=None, help="members drawn per cluster sheet (default 120)")
