@@ -19,7 +19,7 @@ K ?=
 LOSSES ?=
 CLUSTER_ARGS = --config $(call q,$(CONFIG)) $(if $(K),--k $(call q,$(K))) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
 
-.PHONY: install run features cluster represent sheets sweep evaluate export check-html test bench bench-extract \
+.PHONY: install run features cluster represent sheets sweep evaluate export assign check-html test bench bench-extract \
 	bench-cluster bench-robust bench-map sample-data clean
 
 install: $(STAMP)
@@ -34,9 +34,9 @@ $(STAMP): pyproject.toml pipeline/oxford-weights.txt
 
 .NOTPARALLEL:  # the stages of `run` must go in order
 
-# The four stages; each reads only what the one before wrote. `cluster` and `represent`
+# The stages; each reads only what an earlier one wrote. `cluster`, `represent` and `dupes`
 # open no photo, `sheets` opens only the photos it draws.
-run: features cluster represent sheets
+run: features cluster represent dupes sheets
 
 features: $(STAMP)
 	$(PY) -m pipeline extract $(call q,$(PHOTOS)) --out $(call q,$(OUT)) --config $(call q,$(CONFIG))
@@ -51,6 +51,11 @@ represent: $(STAMP)
 sheets: $(STAMP)
 	$(PY) -m pipeline render --out $(call q,$(OUT)) $(if $(LOSSES),--losses $(call q,$(LOSSES))) $(if $(MAP_METHOD),--map-method $(call q,$(MAP_METHOD)))
 
+# make dupes [THRESHOLD=0.9]: exact and near-duplicate photos -> duplicates.csv (opens no photo)
+.PHONY: dupes bench-dupes
+dupes: $(STAMP)
+	$(PY) -m pipeline dupes --out $(call q,$(OUT)) $(if $(THRESHOLD),--threshold $(call q,$(THRESHOLD)))
+
 # make sweep [KS=2:40] [LOSSES=square,huber]: objective and silhouette per k, a suggested k
 sweep: $(STAMP)
 	$(PY) -m pipeline sweep --out $(call q,$(OUT)) --config $(call q,$(CONFIG)) $(if $(KS),--k-range $(call q,$(KS))) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
@@ -63,8 +68,15 @@ evaluate: $(STAMP)
 export: $(STAMP)
 	$(PY) -m pipeline export --out $(call q,$(OUT)) --loss $(call q,$(or $(LOSS),square)) --to $(call q,$(or $(TO),$(OUT)/export)) $(if $(COPY),--copy)
 
-# Opens index.html in headless Chromium and fails on any image that does not load
-# (needs Debian's chromium: apt-get install chromium).
+# make assign NEW=~/new_photos [LOSSES=square,huber]: place new photos into the existing
+# clusters (no refit; the run's features and clusterings stay as they are) -> $(OUT)/assigned.csv
+assign: $(STAMP)
+	$(if $(NEW),,$(error make assign needs NEW=folder of new photos))
+	$(PY) -m pipeline assign $(call q,$(NEW)) --out $(call q,$(OUT)) --config $(call q,$(CONFIG)) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
+
+# Crawls the site from index.html (every page it links inside OUT) in headless Chromium:
+# fails on an image that does not load, a broken link, a JavaScript error or a navigation
+# key that goes nowhere (needs Debian's chromium: apt-get install chromium).
 check-html: $(STAMP)
 	$(PY) tests/check_html.py $(call q,$(OUT)/index.html)
 
@@ -89,6 +101,12 @@ bench-map: $(STAMP)
 # Needs the sample's features (make features); adds junk images and scores every loss.
 bench-robust: $(STAMP)
 	$(PY) benchmarks/bench_robust.py --photos $(call q,$(PHOTOS)) --out $(call q,$(OUT))
+
+# Edited copies of the sample (resized, JPEG 30, cropped, brighter) embedded with the real
+# weights: precision and recall of near-duplicate pairs per threshold -> outputs/bench/dupes.json
+bench: bench-dupes
+bench-dupes: $(STAMP)
+	$(PY) benchmarks/bench_dupes.py --photos $(call q,$(PHOTOS))
 
 # Rebuild data/sample from Debian's tuxpaint-stamps-default (apt-get install it first).
 sample-data: $(STAMP)

@@ -133,11 +133,12 @@ def read_key(out_dir: Path) -> dict:
 
 # ----------------------------------------------------------------------------- reading
 
-def load_cache(out_dir: Path) -> tuple[list[Entry], np.ndarray]:
+def load_cache(out_dir: Path, repair: bool = True) -> tuple[list[Entry], np.ndarray]:
     """Entries and features of the active key (empty when there is none yet).
 
     Finishes a commit a crash interrupted; raises CacheDamaged when the files on disk do
-    not match their record.
+    not match their record. With `repair=False` it writes nothing (for readers that hold
+    no lock, see api.py): a commit in progress or interrupted is CacheDamaged too.
     """
     layout = Layout(out_dir)
     pairs = [(layout.features, "features_sha256"), (layout.manifest, "manifest_sha256")]
@@ -145,7 +146,8 @@ def load_cache(out_dir: Path) -> tuple[list[Entry], np.ndarray]:
         if layout.features.exists() or layout.manifest.exists():
             raise CacheDamaged(f"{layout.features.name} and {layout.manifest.name} have no {layout.record.name} "
                                "to vouch for them (an older photoclust or a damaged folder)")
-        _drop_pending(layout)
+        if repair:
+            _drop_pending(layout)
         return _empty()
     try:
         record = json.loads(layout.record.read_text(encoding="utf-8"))
@@ -157,12 +159,15 @@ def load_cache(out_dir: Path) -> tuple[list[Entry], np.ndarray]:
         if path.is_file() and file_digest(path) == expected[name]:
             continue
         pending = _pending(path)
+        if not repair and pending.is_file():
+            raise CacheDamaged(f"{path.name} is being committed by another run, or its commit was interrupted")
         if pending.is_file() and file_digest(pending) == expected[name]:
             atomic.replace(pending, path)  # the commit was interrupted after its record: finish it
             continue
         state = "is missing" if not path.exists() else "was changed or damaged after it was written"
         raise CacheDamaged(f"{path.name} {state} (it does not match {layout.record.name})")
-    _drop_pending(layout)
+    if repair:
+        _drop_pending(layout)
     entries = read_manifest(layout.manifest)
     try:
         features = np.load(layout.features, allow_pickle=False)
@@ -249,13 +254,14 @@ def features_fingerprint(paths: list[str], features: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_embedded(out_dir: Path) -> Embedded:
+def load_embedded(out_dir: Path, repair: bool = True) -> Embedded:
+    """The decoded photos' paths and features; `repair=False` writes nothing (see `load_cache`)."""
     layout = Layout(out_dir)
     if not (layout.features.exists() or layout.record.exists()):
         raise UserError(f"no features in {out_dir}: run `photoclust extract PHOTOS --out {out_dir}` "
                         "(or `make features`) first")
     try:
-        entries, features = load_cache(out_dir)
+        entries, features = load_cache(out_dir, repair=repair)
     except CacheDamaged as exc:
         raise UserError(f"{out_dir}: {exc.reason}; run `photoclust extract PHOTOS --out {out_dir}` to rebuild "
                         "the features") from None

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
-from .layout import Layout
+from .layout import Layout, default_output
 
 
 def _default_out(photos: str) -> Path:
-    return Path("outputs") / (Path(photos).resolve().name or "photos")
+    return default_output(photos)
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -111,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--losses", default=None, help="comma-separated losses (default: every clustered loss)")
     rep.set_defaults(run=_run_represent)
 
+    dup = sub.add_parser("dupes", parents=[waiting],
+                         help="exact and near-duplicate photos -> duplicates.csv (opens no image)")
+    _add_out(dup)
+    dup.add_argument("--threshold", default=None, metavar="T",
+                     help="cosine similarity of the features at or above which two photos are near-duplicates, "
+                          f"in (0, 1] (default {_default_threshold()}, calibrated by make bench-dupes)")
+    dup.set_defaults(run=_run_dupes)
+
     ren = sub.add_parser("render", parents=[waiting], help="contact sheets (PNG), the map (site/map.html) and index.html (opens only the photos drawn)")
     _add_out(ren)
     ren.add_argument("--losses", default=None, help="comma-separated losses (default: every clustered loss)")
@@ -119,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "or umap / tsne with the optional extra: pip install 'photoclust[map]'")
     ren.set_defaults(run=_run_render)
 
-    run = sub.add_parser("run", parents=[waiting], help="extract, cluster, represent and render in one go")
+    run = sub.add_parser("run", parents=[waiting], help="extract, cluster, represent, dupes and render in one go")
     run.add_argument("photos", help="folder of photos (searched recursively)")
     run.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/<folder name>)")
     _add_config(run)
@@ -158,6 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--to", type=Path, required=True, help="new or empty folder (or an earlier export)")
     exp.add_argument("--copy", action="store_true", help="copy the photos instead of linking them")
     exp.set_defaults(run=_run_export)
+
+    asg = sub.add_parser("assign", parents=[waiting],
+                         help="place new photos into a run's existing clusters (no refit; the run is not changed)")
+    asg.add_argument("new", metavar="NEW_PHOTOS", help="folder of new photos (searched recursively)")
+    asg.add_argument("--out", type=Path, default=None,
+                     help="output folder of the run whose clusters they join (default: outputs/sample if it exists)")
+    _add_config(asg)
+    asg.add_argument("--losses", default=None, help="comma-separated losses (default: every clustered loss)")
+    asg.add_argument("--weights", default=None,
+                     help="only for a run embedded with a weights file: that PATH (other weights are refused; "
+                          "by default the run's own weights, from its cache_key.json)")
+    asg.add_argument("--batch-size", default=None, help="images per forward pass (default 16)")
+    asg.add_argument("--workers", default=None, help="decoding processes (default auto)")
+    asg.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
+    asg.set_defaults(run=_run_assign)
     return parser
 
 
@@ -302,6 +325,23 @@ def _run_represent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_threshold() -> float:
+    from .dupes import DEFAULT_THRESHOLD
+
+    return DEFAULT_THRESHOLD
+
+
+def _run_dupes(args: argparse.Namespace) -> int:
+    from .dupes import DEFAULT_THRESHOLD, check_threshold, dupes_run
+
+    threshold = check_threshold(args.threshold) if args.threshold is not None else DEFAULT_THRESHOLD
+    out = _stage_out(args)
+    with _locked(args, out):
+        result = dupes_run(out, threshold, log=_log)
+    print(f"{result.groups} duplicate group(s), {result.photos} photos -> {Layout(out).duplicates}")
+    return 0
+
+
 def _run_render(args: argparse.Namespace) -> int:
     out = _stage_out(args)
     with _locked(args, out):
@@ -318,6 +358,9 @@ def _run_all(args: argparse.Namespace) -> int:
         _extract(args, cfg, out)
         _cluster(cfg, out)
         represent_run(out, list(cfg.cluster.losses), log=_log)
+        from .dupes import dupes_run
+
+        dupes_run(out, log=_log)
         _render(out, list(cfg.cluster.losses), None)
     return 0
 
@@ -365,6 +408,22 @@ def _run_export(args: argparse.Namespace) -> int:
     if report.kept:
         print(f"  kept {len(report.kept)} file(s) in {args.to} that an earlier export made but that have changed "
               f"since (first: {report.kept[0]})", file=sys.stderr)
+    return 0
+
+
+def _run_assign(args: argparse.Namespace) -> int:
+    from .assign import assign_run
+    from .config import load_config
+
+    out = args.out if args.out is not None else SAMPLE_OUT
+    if args.out is None and not SAMPLE_OUT.is_dir():
+        raise UserError("which run? pass --out FOLDER, the output folder whose clusters the new photos join")
+    cfg = load_config(args.config, extract=dict(batch_size=args.batch_size, workers=args.workers,
+                                                device=args.device)).extract
+    with _locked(args, out):
+        report = assign_run(out, Path(args.new), cfg, losses=_losses(args.losses), weights=args.weights, log=_log)
+    print(f"{report.placed} new photo(s) placed under {len(report.losses)} loss(es)"
+          f"{f', {len(report.unreadable)} unreadable' if report.unreadable else ''} -> {Layout(out).assigned}")
     return 0
 
 

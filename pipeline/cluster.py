@@ -133,11 +133,13 @@ def _drop_previous(layout: Layout, loss: str) -> None:
     """A refit makes this loss's files stale: the summary goes first (without it the folder
     counts as incomplete, so a crash mid-refit is never taken for a finished clustering),
     then the later stages' files, so no page or sheet shows the old clusters."""
-    for path in (layout.summary(loss), layout.representatives(loss), layout.representatives_sheet(loss)):
+    for path in (layout.summary(loss), layout.representatives(loss), layout.outliers(loss),
+                 layout.representatives_sheet(loss), layout.outliers_page(loss)):
         if path.exists():
             atomic.remove(path)
-    if layout.cluster_sheets(loss).exists():
-        atomic.remove_tree(layout.cluster_sheets(loss))
+    for folder in (layout.cluster_sheets(loss), layout.cluster_pages(loss)):
+        if folder.exists():
+            atomic.remove_tree(folder)
 
 
 def _describe_params(params: dict) -> str:

@@ -213,7 +213,7 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
 
     if todo:
         log(f"decoding {len(todo)} new or changed image(s) of {len(current)} with {weights.id} on {device}")
-        for entries, rows in _embed(todo, weights, cfg, device, half, progress):
+        for entries, rows in embed_files(todo, weights, cfg, device, half, progress):
             journal.append(entries, rows)
             journal_entries.extend(entries)
             for e, row in zip(entries, rows):
@@ -263,8 +263,12 @@ def _committed_cache(out_dir: Path, log: Callable[[str], None]) -> tuple[list[En
         return [], np.empty((0, FEATURE_DIM), np.float32)
 
 
-def _embed(todo, weights: Weights, cfg: ExtractConfig, device: torch.device, half, progress):
-    """Yield (entries, rows) per batch, in input order."""
+def embed_files(todo, weights: Weights, cfg: ExtractConfig, device: torch.device, half, progress,
+                desc: str = "extract"):
+    """Yield (entries, rows) per batch, in input order; `todo` holds (path, rel, size, mtime_ns).
+
+    `extract` and `assign` both embed through it, so a new photo is embedded exactly as the
+    run's photos were (same decoding, geometry, normalisation, precision)."""
     # channels-last on every device: oneDNN's and cuDNN's fast convolution layout
     model = build_features_model(weights).to(device).to(memory_format=torch.channels_last)
     pre = weights.preprocess
@@ -275,7 +279,7 @@ def _embed(todo, weights: Weights, cfg: ExtractConfig, device: torch.device, hal
                         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
     # progress=None lets tqdm decide: a bar on a terminal, silence in a log file.
     bar_off = None if progress is None else not progress
-    with tqdm(total=len(todo), unit="img", desc="extract", disable=bar_off, dynamic_ncols=True) as bar, \
+    with tqdm(total=len(todo), unit="img", desc=desc, disable=bar_off, dynamic_ncols=True) as bar, \
             torch.inference_mode():
         for items in loader:
             rows = np.full((len(items), FEATURE_DIM), np.nan, dtype=np.float32)

@@ -8,6 +8,7 @@
   site/ (cluster pages, map, duplicates, outliers, assigned), map.csv        the browsable site
   site/map.html, site/map/{points.js, atlas_<i>.jpg, map.json}              the map (render, photomap.py)
   duplicates.csv, clusters/<loss>/outliers.csv                 dupes and outliers
+  duplicates.json                                              the features duplicates.csv was made from
   assigned.csv                                                 new photos placed by `assign`
   sweep/<loss>.{csv,png,json}, evaluation.csv, evaluation_agreement.csv, evaluation/
 """
@@ -116,8 +117,11 @@ class Layout:
     def site(self) -> Path:
         return self.root / "site"
 
+    def cluster_pages(self, loss: str) -> Path:
+        return self.site / loss
+
     def cluster_page(self, loss: str, cluster: int) -> Path:
-        return self.site / loss / f"cluster_{cluster}.html"
+        return self.cluster_pages(loss) / f"cluster_{cluster}.html"
 
     @property
     def map_page(self) -> Path:
@@ -164,6 +168,11 @@ class Layout:
         """group, path, kind (exact | near), similarity: written by `dupes`."""
         return self.root / "duplicates.csv"
 
+    @property
+    def duplicates_record(self) -> Path:
+        """The features fingerprint, threshold and SHA-256 of duplicates.csv (written after it)."""
+        return self.root / "duplicates.json"
+
     def outliers(self, loss: str) -> Path:
         """The photos with the largest loss to their own center under `loss`, worst first."""
         return self.loss_dir(loss) / "outliers.csv"
@@ -195,3 +204,14 @@ class Layout:
     def relative(self, path: Path) -> str:
         """`path` as a POSIX path relative to the output folder (for links in index.html)."""
         return Path(path).relative_to(self.root).as_posix()
+
+
+def default_output(photos: str | Path) -> Path:
+    """The output folder `extract PHOTOS` makes when given no --out: outputs/<folder name>,
+    relative to the working directory (as every stage and `api.load_results` find it)."""
+    return Path("outputs") / (Path(photos).resolve().name or "photos")
+
+
+def is_output_folder(path: str | Path) -> bool:
+    """Whether `path` is a photoclust output folder (its marker, or an older folder's cache key)."""
+    return (Path(path) / OUTPUT_MARKER).is_file() or (Path(path) / LEGACY_OUTPUT_MARKER).is_file()

@@ -693,14 +693,15 @@ class Correntropy(Loss):
     Non-decreasing in d: assignment is the nearest center (one GEMM).
     Center: half-quadratic fixed point, weights exp(-d_i^2 / 2 sigma^2) per point, each
     cluster's weights divided by its largest one (a common factor leaves the weighted
-    mean unchanged; without it far clusters underflow to all-zero weights). Default 5 steps.
+    mean unchanged; without it far clusters underflow to all-zero weights). Default 1 step
+    per assignment: more steps between assignments cost more in total (docs/LOSSES.md).
     auto: sigma = median distance of a point to its center (a typical point sits where
     the kernel is neither flat at 0 nor saturated at 1)."""
 
     name = "correntropy"
     param_name = "sigma"
     by_distance = True
-    inner_steps = 5
+    inner_steps = 1
 
     def of_sq_distance(self, d2, param):
         return -torch.expm1(-d2 / (2.0 * param * param))

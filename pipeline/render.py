@@ -4,9 +4,12 @@
   sheets/<loss>/cluster_<j>.png       the cluster's members nearest first (capped), representative marked
   sheets/losses.png                   rows = losses, columns = clusters by size, cells = representatives
   thumbs/<sha1>_<px>.jpg              thumbnails (EXIF-upright, alpha on white), made once per file content
+  site/...                            the pages of site.py (a page per cluster, ...), which link the thumbnails
 
-Only the photos a sheet draws are opened, and each at most once per content (the
-thumbnail cache is keyed by the file's SHA-1 from the manifest).
+Every member gets a thumbnail (the cluster pages show them all); a photo is opened only
+when its thumbnail is not cached yet, at most once per content (the thumbnail cache is
+keyed by the file's SHA-1 from the manifest). Only the thumbnails a sheet draws are kept
+in memory.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .cache import OK, load_embedded, read_source
 from .cluster import check_current
 from .images import UnreadableImage, thumbnail
 from .layout import Layout
+from .site import write_site
 from .tables import display_name
 from .represent import clustered_losses, read_assignments, represent_run
 
@@ -153,27 +157,36 @@ def _path_hash(path: str) -> str:
     return hashlib.sha1(path.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def thumbnail_file(cache_dir: Path, path: str, sha1: str | None, size: int = THUMB_PX) -> Path:
+    """The cached thumbnail of the photo `path` whose content has SHA-1 `sha1`: thumbs/<sha1>_<size>.jpg.
+    Without a hash (not in the manifest) a file gets a thumbnail of its own, never another's."""
+    return Path(cache_dir) / (f"{sha1}_{size}.jpg" if sha1 else f"path-{_path_hash(path)}_{size}.jpg")
+
+
 class Thumbnails:
     """Thumbnails of the photos under `root`, cached in `cache_dir` by content hash."""
 
     def __init__(self, root: Path, cache_dir: Path, sha1_of: dict[str, str], size: int = THUMB_PX):
         self.root, self.cache_dir, self.sha1_of, self.size = root, cache_dir, sha1_of, size
-        self.images: dict[str, Image.Image | None] = {}
+        self.images: dict[str, Image.Image | None] = {}  # the thumbnails kept in memory (the sheets draw them)
+        self.available: dict[str, bool] = {}  # every photo prepared: whether its thumbnail file exists
+        self.reasons: dict[str, str] = {}  # why a photo has none
         self.report = RenderReport()
 
-    def _cache_path(self, path: str) -> Path:
-        sha1 = self.sha1_of.get(path)
-        # Without a hash (not in the manifest) a file gets a thumbnail of its own, never another's.
-        return self.cache_dir / (f"{sha1}_{self.size}.jpg" if sha1 else f"path-{_path_hash(path)}_{self.size}.jpg")
+    def cache_path(self, path: str) -> Path:
+        return thumbnail_file(self.cache_dir, path, self.sha1_of.get(path), self.size)
 
-    def _load(self, paths: list[str]) -> tuple[Image.Image | None, str, bool]:
-        """The thumbnail shared by `paths` (copies of one content): cached, or made from the
-        first copy that can be read."""
-        cached = self._cache_path(paths[0])
+    def _load(self, paths: list[str], keep: bool = True) -> tuple[Image.Image | None, bool, str, bool]:
+        """(image, available, reason, made) of the thumbnail shared by `paths` (copies of one
+        content): cached, or made from the first copy that can be read. Without `keep` a cached
+        file's header is checked and no image is returned (the pages only link the file)."""
+        cached = self.cache_path(paths[0])
         if cached.is_file():
             try:
                 with Image.open(cached) as im:
-                    return im.convert("RGB"), "", False
+                    if not keep:
+                        return None, True, "", False
+                    return im.convert("RGB"), True, "", False  # decoded: a damaged file is caught here
             except OSError:
                 pass  # a damaged cache file is simply made again
         reason = ""
@@ -184,29 +197,39 @@ class Thumbnails:
                 reason = exc.reason
                 continue
             atomic.write_with(cached, lambda fh: im.save(fh, "JPEG", quality=88))
+            if not keep:
+                return None, True, "", True
             with Image.open(cached) as saved:  # draw what the cache holds, so a rerun draws the same pixels
-                return saved.convert("RGB"), "", True
-        return None, reason, False
+                return saved.convert("RGB"), True, "", True
+        return None, False, reason, False
 
-    def prepare(self, paths: list[str], progress: bool | None = None) -> None:
+    def prepare(self, paths: list[str], progress: bool | None = None, keep: bool = True) -> None:
         """Load (or make) the thumbnails of `paths`, a few at a time: decoding releases the GIL.
-        Identical files (the same SHA-1) share one thumbnail, made once."""
-        todo = [p for p in dict.fromkeys(paths) if p not in self.images]
+        Identical files (the same SHA-1) share one thumbnail, made once. With `keep=False` only
+        the files are made (the pages link them) and no image stays in memory."""
+        todo = [p for p in dict.fromkeys(paths) if p not in self.available or (keep and p not in self.images)]
         if not todo:
             return
         by_content: dict[Path, list[str]] = defaultdict(list)
         for path in todo:
-            by_content[self._cache_path(path)].append(path)
+            by_content[self.cache_path(path)].append(path)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         workers = max(1, min(8, os.cpu_count() or 2))
         with ThreadPoolExecutor(workers) as pool, \
                 tqdm(total=len(todo), unit="img", desc="thumbnails", disable=None if progress is None else not progress,
                      dynamic_ncols=True) as bar:
             groups = list(by_content.values())
-            for group, (image, reason, made) in zip(groups, pool.map(self._load, groups)):
+            results = pool.map(functools.partial(self._load, keep=keep), groups)
+            for group, (image, available, reason, made) in zip(groups, results):
                 for path in group:
-                    self.images[path] = image
-                    if image is None:
+                    if keep:
+                        self.images[path] = image
+                    known = path in self.available
+                    self.available[path] = available
+                    if known:
+                        continue  # counted when it was first prepared
+                    if not available:
+                        self.reasons[path] = reason
                         self.report.missing.append((path, reason))
                     elif made and path == group[0]:
                         self.report.thumbnails_made += 1
@@ -236,8 +259,7 @@ def render_run(out_dir: Path, losses: list[str] | None = None, *, max_per_sheet:
         represent_run(out_dir, log=log)  # raises the "run cluster first" message
     embedded = load_embedded(out_dir)
     fingerprint = embedded.fingerprint
-    for loss in chosen:
-        check_current(out_dir, loss, fingerprint)
+    summaries = {loss: check_current(out_dir, loss, fingerprint) for loss in chosen}
     frames: dict[str, pd.DataFrame] = {loss: read_assignments(out_dir, loss) for loss in chosen}
     unranked = [loss for loss, frame in frames.items()
                 if "rank" not in frame.columns or not layout.representatives(loss).is_file()]
@@ -246,11 +268,14 @@ def render_run(out_dir: Path, losses: list[str] | None = None, *, max_per_sheet:
         frames.update({loss: read_assignments(out_dir, loss) for loss in unranked})
 
     sha1_of = {e.path: e.sha1 for e in embedded.entries if e.status == OK}
-    thumbs = Thumbnails(read_source(out_dir), layout.thumbs, sha1_of)
-    drawn = set()
+    source = read_source(out_dir)
+    thumbs = Thumbnails(source, layout.thumbs, sha1_of)
+    drawn, members = set(), set()
     for frame in frames.values():
         drawn.update(frame.loc[frame["rank"] < max_per_sheet, "path"])
-    thumbs.prepare(sorted(drawn), progress)
+        members.update(frame["path"])
+    thumbs.prepare(sorted(drawn), progress)  # kept in memory for the sheets
+    thumbs.prepare(sorted(members - drawn), progress, keep=False)  # only linked, by the cluster pages
 
     face = font(12)
     report = thumbs.report
@@ -288,6 +313,12 @@ def render_run(out_dir: Path, losses: list[str] | None = None, *, max_per_sheet:
         _save(grid(cells, width, "Representatives under each loss", face,
                    ["rows: losses; columns: that loss's clusters, largest first"], row_labels=list(rep_cells)),
               layout.losses_sheet, report)
+
+    # The browsable site: a page per cluster, the duplicates, outliers and assigned pages (site.py).
+    pages = write_site(out_dir, frames, summaries, thumbs, source, known_paths=[e.path for e in embedded.entries],
+                       features_fingerprint=fingerprint, log=log, progress=progress)
+    log(f"{len(pages)} pages -> {layout.site}")
+
     log(f"{len(report.sheets)} sheets -> {layout.sheets} ({report.thumbnails_made} thumbnails made, "
         f"{report.thumbnails_cached} from cache{f', {len(report.missing)} photos not available' if report.missing else ''})")
 

@@ -3,7 +3,25 @@ its center under that loss: the tutorial's `find_closest_image` for all clusters
 every member's rank by loss to center, and the outliers (largest loss).
 
 Reads clusters/<loss>/assignments.csv (written by `cluster`) and writes back its `rank`
-and `is_representative` columns, plus clusters/<loss>/representatives.csv. Opens no image.
+and `is_representative` columns, plus clusters/<loss>/representatives.csv and
+clusters/<loss>/outliers.csv. Opens no image.
+
+outliers.csv: the photos with the largest loss to their own center across the whole
+collection (junk, mis-scans), worst first, with columns
+
+  rank            1 = the largest loss_to_center of all (ties by path)
+  path, cluster   as in assignments.csv
+  loss_to_center  the photo's loss to its own cluster's center, as in assignments.csv
+  robust_z        (loss_to_center - median) / MAD of the photo's own cluster: how many
+                  median absolute deviations above its cluster's median loss it lies. Where
+                  the MAD is 0 (more than half of a cluster at the same loss, as the
+                  epsilon-insensitive loss's zeros can be), the mean absolute deviation
+                  from the median stands in; where that is 0 too, robust_z is 0.
+
+It lists the worst max(OUTLIERS_AT_LEAST, OUTLIERS_SHARE of the photos) (50 or 2%,
+whichever is larger, at most all of them), and beyond those every photo whose robust_z is
+at least OUTLIER_Z (5 MADs: about 3.4 standard deviations of a normal distribution, whose
+MAD is 0.674 of its standard deviation; Iglewicz and Hoaglin's 3.5 on their rescaled z).
 """
 
 from __future__ import annotations
@@ -23,6 +41,10 @@ from .losses import LOSS_NAMES
 from .tables import read_frame, write_frame
 
 OUTLIERS_PER_CLUSTER = 3
+OUTLIERS_AT_LEAST = 50
+OUTLIERS_SHARE = 0.02
+OUTLIER_Z = 5.0
+OUTLIER_COLUMNS = ["rank", "path", "cluster", "loss_to_center", "robust_z"]
 REPRESENTATIVE_COLUMNS = ["cluster", "size", "representative", "representative_loss", "median_loss",
                           "outliers", "outlier_losses"]
 
@@ -51,6 +73,39 @@ def summarize_clusters(paths: list[str], labels: np.ndarray, loss_to_center: np.
                      "median_loss": float(members["loss"].median()),
                      "outliers": "|".join(far["path"]), "outlier_losses": "|".join(f"{v:.6g}" for v in far["loss"])})
     return pd.DataFrame(rows, columns=REPRESENTATIVE_COLUMNS)
+
+
+def robust_z(labels: np.ndarray, loss_to_center: np.ndarray) -> np.ndarray:
+    """Every point's (loss - median) / MAD within its own cluster (see the module docstring)."""
+    labels = np.asarray(labels)
+    losses = np.asarray(loss_to_center, dtype=np.float64)
+    z = np.zeros(len(losses))
+    for cluster in np.unique(labels):
+        members = labels == cluster
+        values = losses[members]
+        median = np.median(values)
+        deviation = np.abs(values - median)
+        scale = np.median(deviation)
+        if scale <= 0:
+            scale = deviation.mean()
+        z[members] = (values - median) / scale if scale > 0 else 0.0
+    return z
+
+
+def outliers_table(paths: list[str], labels: np.ndarray, loss_to_center: np.ndarray,
+                   at_least: int = OUTLIERS_AT_LEAST, share: float = OUTLIERS_SHARE,
+                   z_flag: float = OUTLIER_Z) -> pd.DataFrame:
+    """outliers.csv as a frame: the worst max(at_least, share of n) photos by loss to their
+    center, plus any with robust_z >= z_flag, worst first (ties by path), ranked from 1."""
+    losses = np.asarray(loss_to_center, dtype=np.float64)
+    z = robust_z(labels, losses)
+    order = sorted(range(len(paths)), key=lambda i: (-losses[i], paths[i]))
+    count = min(len(paths), max(at_least, int(np.ceil(share * len(paths)))))
+    chosen = [i for rank, i in enumerate(order) if rank < count or z[i] >= z_flag]
+    return pd.DataFrame({"rank": np.arange(1, len(chosen) + 1), "path": [paths[i] for i in chosen],
+                         "cluster": np.asarray(labels, dtype=np.int64)[chosen],
+                         "loss_to_center": losses[chosen], "robust_z": np.round(z[chosen], 4)},
+                        columns=OUTLIER_COLUMNS)
 
 
 @dataclass
@@ -103,6 +158,8 @@ def represent_run(out_dir: Path, losses: list[str] | None = None, *,
         clusters = summarize_clusters(frame["path"].tolist(), labels, frame["loss_to_center"].to_numpy(), ranks)
         write_frame(layout.assignments(loss), frame)
         write_frame(layout.representatives(loss), clusters)
+        write_frame(layout.outliers(loss), outliers_table(frame["path"].tolist(), labels,
+                                                          frame["loss_to_center"].to_numpy(np.float64)))
         log(f"{loss:>19}: {len(clusters)} representatives -> {layout.representatives(loss)}")
         results.append(Representation(loss, clusters))
     return results

@@ -109,6 +109,7 @@ def _stage(name: str, tmp_path: Path) -> tuple[list[str], str | None]:
     return {
         "cluster": (["--k", "2", "--losses", "huber", "--n-init", "1"], "clusters/huber/summary.json"),
         "represent": (["--losses", "square"], "clusters/square/representatives.csv"),
+        "dupes": ([], "duplicates.csv"),
         "render": (["--losses", "square"], "index.html"),
         "sweep": (["--k-range", "2:3", "--n-init", "1"], "sweep/square.json"),
         "evaluate": ([], "evaluation.csv"),
@@ -116,7 +117,7 @@ def _stage(name: str, tmp_path: Path) -> tuple[list[str], str | None]:
     }[name]
 
 
-STAGES = ["cluster", "represent", "render", "sweep", "evaluate", "export"]
+STAGES = ["cluster", "represent", "dupes", "render", "sweep", "evaluate", "export"]
 
 
 def _copy(extracted: Path, to: Path, product: str | None) -> Path:

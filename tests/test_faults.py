@@ -4,7 +4,7 @@ A clean run first lists its write points (PHOTOCLUST_FAULT_LOG, see pipeline/fau
 then, for each point in turn, a fresh copy of the starting state is run with
 PHOTOCLUST_KILL_AT=N (the process kills itself there, as on a power cut: no cleanup runs),
 the same command is run again without the fault, and the output folder must equal the
-clean run's: byte-identical features and manifest, the same clusterings, sheets and
+clean run's: byte-identical features and manifest, the same clusterings, sheets, site pages and
 exported files, no temporary file, no journal left.
 
 The runs are forked from a server that imported torch once (multiprocessing forkserver),
@@ -47,7 +47,8 @@ def _child(argv: list[str], env: dict[str, str], stderr: str | None) -> None:
 def runner():
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "torchvision", "pandas", "PIL.Image", "pipeline.cli", "pipeline.extract",
-                                "pipeline.cluster", "pipeline.render", "pipeline.report", "pipeline.export"])
+                                "pipeline.cluster", "pipeline.render", "pipeline.report", "pipeline.site",
+                                "pipeline.export", "pipeline.assign", "jinja2"])
 
     def run(argv: list[str], kill_at: int | None = None, log: Path | None = None, stderr: Path | None = None) -> int:
         env = {"PHOTOCLUST_KILL_AT": str(kill_at)} if kill_at else {}
@@ -149,11 +150,14 @@ def extracted(runner, photos, tmp_path_factory):
 
 
 def test_each_stage_killed_at_every_write_point_reruns_to_the_clean_result(runner, extracted, tmp_path):
-    """cluster, represent, render, sweep and evaluate in turn, each from the clean result of
-    the ones before."""
+    """cluster, represent, dupes, render, sweep, evaluate and assign in turn, each from the
+    clean result of the ones before."""
     folder, base = extracted
-    stages = [["cluster", *CLUSTER_ARGS], ["represent"], ["render"], ["sweep", "--k-range", "2:3", "--n-init", "1"],
-              ["evaluate"]]
+    new = tmp_path / "new"  # photos for `assign` to place
+    make_photos(new, 2, seed=7)
+    stages = [["cluster", *CLUSTER_ARGS], ["represent"], ["dupes", "--threshold", "0.5"], ["render"],
+              ["sweep", "--k-range", "2:3", "--n-init", "1"], ["evaluate"],
+              ["assign", new, "--device", "cpu", "--workers", "0", "--batch-size", "1"]]
     before = tmp_path / "before"
     shutil.copytree(base, before)
     for stage in stages:
@@ -175,7 +179,8 @@ def test_each_stage_killed_at_every_write_point_reruns_to_the_clean_result(runne
             shutil.rmtree(out)
         before = clean
     for stage_file in ("assignments.csv", "centers.npy", "summary.json", "representatives.csv", "losses.png",
-                       "index.html", "square.json", "evaluation.csv",
+                       "cluster_1.html", "index.html", "square.json", "evaluation.csv", "assigned.csv",
+                       "outliers.csv", "duplicates.csv", "duplicates.json",
                        "map.csv", "map.html", "points.js", "atlas_0.jpg", "map.json"):  # the map (render)
         assert list(before.rglob(stage_file)), stage_file
 

@@ -18,7 +18,7 @@ from pipeline.cluster import normalize_features
 from pipeline.losses import LOSS_NAMES, PARAM_NAME, loss_to_centers
 from pipeline.render import shorten, font
 
-from check_html import broken_links, chromium, images_in_browser
+from check_html import broken_links, check_site, chromium, crawl
 from conftest import make_photos
 
 HOSTILE = "<img src=x onerror=alert(1)>.jpg"
@@ -53,10 +53,14 @@ def test_every_output_exists_and_agrees_with_the_manifest(pipeline_run):
     embedded = [r["path"] for r in manifest if r["status"] == "ok"]
     assert len(embedded) == 12 and [r["path"] for r in manifest if r["status"] != "ok"] == [f"a/{HOSTILE}"]
     assert (out / "index.html").is_file() and (out / "sheets" / "losses.png").is_file()
+    assert (out / "duplicates.csv").is_file() and (out / "duplicates.json").is_file()  # run includes dupes
     for loss in LOSS_NAMES:
         assignments = rows(out / "clusters" / loss / "assignments.csv")
         assert [r["path"] for r in assignments] == embedded
         assert (out / "sheets" / f"representatives_{loss}.png").is_file()
+        loss_of = {a["path"]: float(a["loss_to_center"]) for a in assignments}
+        assert [r["path"] for r in rows(out / "clusters" / loss / "outliers.csv")] == sorted(
+            embedded, key=lambda p: (-loss_of[p], p))  # 12 photos, fewer than 50: all of them, worst first
         for cluster in {int(r["cluster"]) for r in assignments}:
             assert (out / "sheets" / loss / f"cluster_{cluster}.png").is_file()
 
@@ -183,11 +187,13 @@ def test_shorten_keeps_both_ends():
 
 
 @pytest.mark.skipif(chromium() is None, reason="Chromium not installed (apt-get install chromium)")
-def test_the_page_loads_every_image_in_chromium(pipeline_run):
+def test_the_whole_site_loads_in_chromium(pipeline_run):
+    """The crawl from index.html: every page, every image, every link, no JavaScript error
+    (the keys are tested in test_site.py)."""
     _, out = pipeline_run
-    images = images_in_browser(out / "index.html")
-    assert len(images) == 1 + len(LOSS_NAMES)  # the comparison sheet and one per loss
-    assert all(i["ok"] for i in images), images
+    pages, problems = check_site(out / "index.html", keys=False)
+    assert problems == []
+    assert len(pages) == 1 + 3 * len(LOSS_NAMES)  # the overview and a page per cluster
 
 
 def test_missing_photo_is_drawn_as_a_placeholder_and_reported(tmp_path, capsys):
@@ -198,18 +204,24 @@ def test_missing_photo_is_drawn_as_a_placeholder_and_reported(tmp_path, capsys):
     os.remove(photos / "b" / "img_00.png")
     assert main(["render", "--out", str(out)]) == 0
     assert "not drawn: b/img_00.png" in capsys.readouterr().err
+    # its cluster page shows a grey box with its name and why, and links no photo that is not there
+    [page] = [p for p in (out / "site" / "square").iterdir() if "b/img_00.png" in p.read_text(encoding="utf-8")]
+    assert '<span class="placeholder"><b>b/img_00.png</b><br>file not found</span>' in page.read_text(encoding="utf-8")
+    assert all(broken_links(p) == [] for p in crawl(out / "index.html"))
 
 
-def test_a_refit_never_leaves_old_sheets_or_broken_links(pipeline_run, tmp_path, capsys):
+def test_a_refit_never_leaves_old_sheets_or_broken_links(pipeline_run, capsys):
     _, cached = pipeline_run
-    out = tmp_path / "out"
+    out = cached.with_name("refit")  # beside the original: the pages' relative links to the photos hold
     shutil.copytree(cached, out)
     assert (out / "sheets" / "square" / "cluster_2.png").is_file()
     assert main(["cluster", "--out", str(out), "--k", "2", "--losses", "square", "--n-init", "1"]) == 0
     assert "no sheets yet" in capsys.readouterr().out
     assert not (out / "sheets" / "square").exists() and not (out / "clusters/square/representatives.csv").exists()
+    assert not (out / "site" / "square").exists()
     assert (out / "sheets" / "representatives_huber.png").is_file()  # other losses keep theirs
-    assert broken_links(out / "index.html") == []
+    assert all(broken_links(page) == [] for page in crawl(out / "index.html"))
     assert main(["render", "--out", str(out), "--losses", "square"]) == 0
     assert sorted(p.name for p in (out / "sheets" / "square").iterdir()) == ["cluster_0.png", "cluster_1.png"]
-    assert broken_links(out / "index.html") == []
+    assert sorted(p.name for p in (out / "site" / "square").iterdir()) == ["cluster_0.html", "cluster_1.html"]
+    assert all(broken_links(page) == [] for page in crawl(out / "index.html"))
