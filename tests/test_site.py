@@ -119,7 +119,7 @@ def test_the_whole_site_crawls_clean_in_chromium(site_run):
     layout = Layout(out)
     pages, problems = check_site(layout.index)
     assert problems == []
-    expected = {layout.index, layout.duplicates_page, layout.assigned_page}
+    expected = {layout.index, layout.duplicates_page, layout.assigned_page, layout.map_page}
     for loss in LOSSES:  # represent writes every loss's outliers.csv
         expected |= {layout.cluster_page(loss, j) for j in range(3)} | {layout.outliers_page(loss)}
     assert set(pages) == expected
