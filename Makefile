@@ -20,7 +20,7 @@ LOSSES ?=
 CLUSTER_ARGS = --config $(call q,$(CONFIG)) $(if $(K),--k $(call q,$(K))) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
 
 .PHONY: install run features cluster represent sheets sweep evaluate export assign check-html test bench bench-extract \
-	bench-cluster bench-robust sample-data clean
+	bench-cluster bench-robust bench-map sample-data clean
 
 install: $(STAMP)
 
@@ -47,8 +47,9 @@ cluster: $(STAMP)
 represent: $(STAMP)
 	$(PY) -m pipeline represent --out $(call q,$(OUT)) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
 
+# make sheets [MAP_METHOD=umap]: the map page's projection (pca by default; umap, tsne need '.[map]')
 sheets: $(STAMP)
-	$(PY) -m pipeline render --out $(call q,$(OUT)) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
+	$(PY) -m pipeline render --out $(call q,$(OUT)) $(if $(LOSSES),--losses $(call q,$(LOSSES))) $(if $(MAP_METHOD),--map-method $(call q,$(MAP_METHOD)))
 
 # make dupes [THRESHOLD=0.9]: exact and near-duplicate photos -> duplicates.csv (opens no photo)
 .PHONY: dupes bench-dupes
@@ -82,7 +83,7 @@ check-html: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: bench-extract bench-cluster bench-robust
+bench: bench-extract bench-cluster bench-robust bench-map
 
 bench-extract: $(STAMP)
 	$(PY) benchmarks/bench_extract.py --photos $(call q,$(PHOTOS))
@@ -90,6 +91,12 @@ bench-extract: $(STAMP)
 bench-cluster: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]' >/dev/null
 	$(PY) benchmarks/bench_cluster.py
+
+# Needs the sample's features (make features): the map's projections (pca, umap, tsne), scored and
+# timed, and the map page's frame times at 20,000 photos (headless Chromium).
+bench-map: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[map]' >/dev/null
+	$(PY) benchmarks/bench_map.py --out $(call q,$(OUT))
 
 # Needs the sample's features (make features); adds junk images and scores every loss.
 bench-robust: $(STAMP)

@@ -28,20 +28,24 @@ def write_result(name: str, result: dict) -> Path:
     return path
 
 
-def vgg_like(n: int, d: int, k: int, seed: int, outliers: float = 0.05, dtype=np.float64) -> np.ndarray:
+def vgg_like(n: int, d: int, k: int, seed: int, outliers: float = 0.05, dtype=np.float64,
+             return_labels: bool = False):
     """Data shaped like pooled VGG16 features: non-negative, skewed clusters (gamma centers,
     Gaussian spread, clipped at 0) with a share of far outliers. Built in row blocks so
-    large benchmark matrices do not need float64 copies."""
+    large benchmark matrices do not need float64 copies. With `return_labels`, also each
+    row's cluster (the same data either way)."""
     rng = np.random.default_rng(seed)
     centers = rng.gamma(2.0, 1.0, size=(k, d))
     out = np.empty((n, d), dtype=dtype)
+    labels = np.empty(n, dtype=np.int64)
     for start in range(0, n, 65536):
         m = min(n, start + 65536) - start
-        block = centers[rng.integers(k, size=m)] + rng.normal(0.0, 0.7, size=(m, d))
+        labels[start:start + m] = rng.integers(k, size=m)
+        block = centers[labels[start:start + m]] + rng.normal(0.0, 0.7, size=(m, d))
         bad = rng.random(m) < outliers
         block[bad] += rng.gamma(2.0, 6.0, size=(bad.sum(), d))
         out[start:start + m] = np.clip(block, 0, None)
-    return out
+    return (out, labels) if return_labels else out
 
 
 def blobs(n: int, d: int, k: int, seed: int) -> np.ndarray:

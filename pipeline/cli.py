@@ -119,10 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
                           f"in (0, 1] (default {_default_threshold()}, calibrated by make bench-dupes)")
     dup.set_defaults(run=_run_dupes)
 
-    ren = sub.add_parser("render", parents=[waiting], help="contact sheets (PNG) and index.html (opens only the photos drawn)")
+    ren = sub.add_parser("render", parents=[waiting], help="contact sheets (PNG), the map (site/map.html) and index.html (opens only the photos drawn)")
     _add_out(ren)
     ren.add_argument("--losses", default=None, help="comma-separated losses (default: every clustered loss)")
     ren.add_argument("--max-per-sheet", type=int, default=None, help="members drawn per cluster sheet (default 120)")
+    ren.add_argument("--map-method", default="pca", help="projection of the map page (site/map.html): pca (default), "
+                     "or umap / tsne with the optional extra: pip install 'photoclust[map]'")
     ren.set_defaults(run=_run_render)
 
     run = sub.add_parser("run", parents=[waiting], help="extract, cluster, represent, dupes and render in one go")
@@ -278,13 +280,15 @@ def _cluster(cfg, out: Path, force: bool = False) -> int:
     return fitted
 
 
-def _render(out: Path, losses: list[str] | None, max_per_sheet: int | None) -> None:
+def _render(out: Path, losses: list[str] | None, max_per_sheet: int | None, map_method: str = "pca") -> None:
+    from .projection import check_method
     from .render import MAX_PER_SHEET, render_run
     from .report import write_index
 
     if max_per_sheet is not None and max_per_sheet < 1:
         raise UserError(f"--max-per-sheet must be at least 1, got {max_per_sheet}")
-    report = render_run(out, losses, max_per_sheet=max_per_sheet or MAX_PER_SHEET, log=_log)
+    check_method(map_method)
+    report = render_run(out, losses, max_per_sheet=max_per_sheet or MAX_PER_SHEET, log=_log, map_method=map_method)
     for path, reason in report.missing[:5]:
         print(f"  not drawn: {path}: {reason}", file=sys.stderr)
     index = write_index(out)
@@ -341,7 +345,7 @@ def _run_dupes(args: argparse.Namespace) -> int:
 def _run_render(args: argparse.Namespace) -> int:
     out = _stage_out(args)
     with _locked(args, out):
-        _render(out, _losses(args.losses), args.max_per_sheet)
+        _render(out, _losses(args.losses), args.max_per_sheet, args.map_method)
     return 0
 
 

@@ -6,6 +6,7 @@
   clusters/<loss>/{assignments.csv, centers.npy, summary.json, representatives.csv}  stages 2, 3
   thumbs/, sheets/, index.html                                 stage 4
   site/ (cluster pages, map, duplicates, outliers, assigned), map.csv        the browsable site
+  site/map.html, site/map/{points.js, atlas_<i>.jpg, map.json}              the map (render, photomap.py)
   duplicates.csv, clusters/<loss>/outliers.csv                 dupes and outliers
   duplicates.json                                              the features duplicates.csv was made from
   assigned.csv                                                 new photos placed by `assign`
@@ -135,6 +136,20 @@ class Layout:
     def map_assets(self) -> Path:
         """thumbnail atlases and the point data the map page loads (a <script>, as file:// allows)."""
         return self.site / "map"
+
+    @property
+    def map_script(self) -> Path:
+        """points.js: every photo's place, atlas cell, clusters, name and link (`const PHOTOCLUST_MAP = {...}`)."""
+        return self.map_assets / "points.js"
+
+    def map_atlas(self, index: int) -> Path:
+        """A JPEG sprite sheet of small thumbnails, the cells the map page draws."""
+        return self.map_assets / f"atlas_{index}.jpg"
+
+    @property
+    def map_record(self) -> Path:
+        """What map.csv and the atlases were made from (features fingerprint, projection, atlas keys); written last."""
+        return self.map_assets / "map.json"
 
     @property
     def duplicates_page(self) -> Path:

@@ -249,8 +249,9 @@ def _save(sheet: Image.Image, path: Path, report: RenderReport) -> None:
 
 
 def render_run(out_dir: Path, losses: list[str] | None = None, *, max_per_sheet: int = MAX_PER_SHEET,
-               log: Callable[[str], None] = print, progress: bool | None = None) -> RenderReport:
-    """Draw every sheet of `out_dir` (after `represent`)."""
+               log: Callable[[str], None] = print, progress: bool | None = None,
+               map_method: str = "pca") -> RenderReport:
+    """Draw every sheet of `out_dir` (after `represent`), and the map (`map_method`: see projection.py)."""
     out_dir = Path(out_dir)
     layout = Layout(out_dir)
     chosen = losses or clustered_losses(out_dir)
@@ -320,4 +321,10 @@ def render_run(out_dir: Path, losses: list[str] | None = None, *, max_per_sheet:
 
     log(f"{len(report.sheets)} sheets -> {layout.sheets} ({report.thumbnails_made} thumbnails made, "
         f"{report.thumbnails_cached} from cache{f', {len(report.missing)} photos not available' if report.missing else ''})")
+
+    # ---- the map of the whole collection: map.csv, site/map.html, site/map/ (pipeline/photomap.py)
+    from .photomap import write_map
+
+    write_map(out_dir, embedded, frames, method=map_method, log=log, progress=progress)
+    # ---- end of the map
     return report

@@ -180,7 +180,8 @@ def test_each_stage_killed_at_every_write_point_reruns_to_the_clean_result(runne
         before = clean
     for stage_file in ("assignments.csv", "centers.npy", "summary.json", "representatives.csv", "losses.png",
                        "cluster_1.html", "index.html", "square.json", "evaluation.csv", "assigned.csv",
-                       "outliers.csv", "duplicates.csv", "duplicates.json"):
+                       "outliers.csv", "duplicates.csv", "duplicates.json",
+                       "map.csv", "map.html", "points.js", "atlas_0.jpg", "map.json"):  # the map (render)
         assert list(before.rglob(stage_file)), stage_file
 
 

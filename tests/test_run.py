@@ -193,7 +193,9 @@ def test_the_whole_site_loads_in_chromium(pipeline_run):
     _, out = pipeline_run
     pages, problems = check_site(out / "index.html", keys=False)
     assert problems == []
-    assert len(pages) == 1 + 3 * len(LOSS_NAMES)  # the overview and a page per cluster
+    # the overview, a page per cluster, an outliers page per loss, the duplicates page and the map
+    assert len(pages) == 1 + 3 * len(LOSS_NAMES) + len(LOSS_NAMES) + 2
+    assert out / "site" / "map.html" in pages
 
 
 def test_missing_photo_is_drawn_as_a_placeholder_and_reported(tmp_path, capsys):

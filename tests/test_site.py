@@ -119,7 +119,7 @@ def test_the_whole_site_crawls_clean_in_chromium(site_run):
     layout = Layout(out)
     pages, problems = check_site(layout.index)
     assert problems == []
-    expected = {layout.index, layout.duplicates_page, layout.assigned_page}
+    expected = {layout.index, layout.duplicates_page, layout.assigned_page, layout.map_page}
     for loss in LOSSES:  # represent writes every loss's outliers.csv
         expected |= {layout.cluster_page(loss, j) for j in range(3)} | {layout.outliers_page(loss)}
     assert set(pages) == expected
@@ -233,7 +233,7 @@ def test_index_links_every_cluster_page_and_the_other_pages(site_run):
             assert f'href="site/{loss}/cluster_{j}.html"' in text
     for page in ("site/duplicates.html", "site/assigned.html", "site/outliers_square.html"):
         assert f'href="{page}"' in text
-    assert "site/map.html" not in text  # not made here: not linked
+    assert 'href="site/map.html"' in text  # render draws the map (photomap.py)
     assert "Files that could not be read" not in text and "Every image file was read" in text
 
 
