@@ -28,6 +28,7 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 
+from . import dupes, photomap
 from .cache import OK, Embedded, load_embedded, read_source
 from .cluster import check_current
 from .errors import UserError
@@ -70,8 +71,9 @@ def load_results(source: str | os.PathLike, losses: Iterable[str] | None = None)
 
     Columns: path (relative to the photo folder, as in manifest.csv), loss, cluster, rank
     (0 = nearest its center), is_representative, loss_to_center, map_x, map_y (from
-    map.csv; NaN without it), duplicate_group (from duplicates.csv; <NA> for a photo in no
-    group). Rows by loss (every clustered loss, or `losses`), then in the run's path order.
+    map.csv; NaN without it, or when it was made from other features), duplicate_group (from
+    duplicates.csv; <NA> for a photo in no group, or when `dupes` did not make the table from
+    these features). Rows by loss (every clustered loss, or `losses`), then in the run's path order.
     A clustering of other features than the cached ones is refused, as the stages refuse
     it; rank is computed here when `represent` has not run. Writes nothing.
     """
@@ -109,8 +111,8 @@ def _frame(out: Path, losses: list[str], embedded: Embedded) -> pd.DataFrame:
             "cluster": frame["cluster"].to_numpy(np.int64), "rank": rank, "is_representative": rank == 0,
             "loss_to_center": frame["loss_to_center"].to_numpy(np.float64)}))
     frame = pd.concat(parts, ignore_index=True)
-    frame = frame.merge(_map_points(out), on="path", how="left")
-    frame = frame.merge(_duplicate_groups(out), on="path", how="left")
+    frame = frame.merge(_map_points(out, embedded.fingerprint), on="path", how="left")
+    frame = frame.merge(_duplicate_groups(out, embedded.fingerprint), on="path", how="left")
     frame["map_x"] = frame["map_x"].astype(np.float64)
     frame["map_y"] = frame["map_y"].astype(np.float64)
     frame["duplicate_group"] = frame["duplicate_group"].astype("Int64")
@@ -133,8 +135,12 @@ def _read_extra(path: Path, columns: list[str]) -> pd.DataFrame | None:
     return frame
 
 
-def _map_points(out: Path) -> pd.DataFrame:
-    frame = _read_extra(Layout(out).map_points, ["path", "x", "y"])
+def _map_points(out: Path, fingerprint: str) -> pd.DataFrame:
+    record = photomap.read_record(Layout(out)) or {}
+    key = record.get("key") if isinstance(record.get("key"), dict) else {}
+    # a map of other features (made before the last extract) is no map of these: left out
+    current = key.get("features_fingerprint") == fingerprint
+    frame = _read_extra(Layout(out).map_points, ["path", "x", "y"]) if current else None
     if frame is None:
         return pd.DataFrame({"path": pd.Series([], dtype=str), "map_x": pd.Series([], dtype=np.float64),
                              "map_y": pd.Series([], dtype=np.float64)})
@@ -143,8 +149,13 @@ def _map_points(out: Path) -> pd.DataFrame:
                          "map_y": pd.to_numeric(frame["map_y"])})
 
 
-def _duplicate_groups(out: Path) -> pd.DataFrame:
-    frame = _read_extra(Layout(out).duplicates, ["group", "path"])
+def _duplicate_groups(out: Path, fingerprint: str) -> pd.DataFrame:
+    try:  # only a table `dupes` made from these features and nobody edited since
+        dupes.check_current(out, fingerprint)
+        current = True
+    except UserError:
+        current = False
+    frame = _read_extra(Layout(out).duplicates, ["group", "path"]) if current else None
     if frame is None:
         return pd.DataFrame({"path": pd.Series([], dtype=str), "duplicate_group": pd.Series([], dtype="Int64")})
     frame = frame.sort_values("group", kind="stable").drop_duplicates("path")  # a photo in two groups: the first

@@ -6,7 +6,9 @@ The README's Python example is run as written."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import json
 import re
 import shutil
 from html.parser import HTMLParser
@@ -61,6 +63,9 @@ def test_the_frame_has_one_row_per_photo_and_loss_as_the_csvs_say(run, tmp_path)
     write_csv(layout.duplicates, ["group", "path", "kind", "similarity"],
               [(0, paths[0], "exact", 1.0), (0, paths[3], "exact", 1.0), (1, paths[3], "near", 0.97),
                (1, paths[5], "near", 0.97)])
+    seal = json.loads(layout.duplicates_record.read_text())  # the table stands in for one `dupes` made
+    seal["csv_sha256"] = hashlib.sha256(layout.duplicates.read_bytes()).hexdigest()
+    layout.duplicates_record.write_text(json.dumps(seal))
 
     frame = load_results(out)
     assert list(frame.columns) == api.COLUMNS
@@ -85,6 +90,14 @@ def test_the_frame_has_one_row_per_photo_and_loss_as_the_csvs_say(run, tmp_path)
 
     only = load_results(out, losses=["huber", "square"])
     assert list(only["loss"].unique()) == ["huber", "square"] and len(only) == 2 * len(paths)
+
+    # A duplicates table edited since `dupes` wrote it, a map of other features: missing, not used.
+    write_csv(layout.duplicates, ["group", "path", "kind", "similarity"], [(0, paths[1], "exact", 1.0)] * 2)
+    record = json.loads(layout.map_record.read_text())
+    record["key"]["features_fingerprint"] = "0" * 16
+    layout.map_record.write_text(json.dumps(record))
+    stale = load_results(out)
+    assert stale["map_x"].isna().all() and stale["duplicate_group"].isna().all()
 
     # Without map.csv and duplicates.csv: NaN and <NA>, the same rows otherwise.
     layout.map_points.unlink()
@@ -202,11 +215,11 @@ def test_a_file_replaced_during_a_read_makes_it_read_again(run, tmp_path, monkey
     calls = []
     read_map = api._map_points
 
-    def meanwhile(folder):  # another run replaces square's assignments after they were read
+    def meanwhile(folder, fingerprint):  # another run replaces square's assignments after they were read
         calls.append(folder)
         if len(calls) == 1:
             write_frame(path, relabelled)
-        return read_map(folder)
+        return read_map(folder, fingerprint)
 
     monkeypatch.setattr(api, "_map_points", meanwhile)
     frame = load_results(out)
