@@ -36,7 +36,7 @@ from .images import IMAGE_EXTENSIONS, scan_images
 from .layout import Layout
 from .losses import assign as assign_to_centers
 from .losses import loss_to_centers
-from .represent import clustered_losses, read_assignments
+from .represent import chosen_clusterings, read_assignments
 from .tables import read_frame, write_frame
 
 ASSIGNED_COLUMNS = ["path", "loss", "cluster", "loss_to_center", "rank_among_members", "clustering_fingerprint"]
@@ -228,15 +228,7 @@ def assign_run(out_dir: Path, new: Path, cfg: ExtractConfig, *, losses: list[str
     out_dir, new = Path(out_dir), Path(new)
     layout = Layout(out_dir)
     embedded = load_embedded(out_dir)
-    available = clustered_losses(out_dir)
-    if not available:
-        raise UserError(f"no clusterings in {out_dir}: run `photoclust cluster --out {out_dir}` (or `make cluster`) "
-                        "first")
-    chosen = losses or available
-    missing = [loss for loss in chosen if loss not in available]
-    if missing:
-        raise UserError(f"no clustering for {', '.join(missing)} in {out_dir}; cluster with --losses "
-                        f"{','.join(missing)} first")
+    chosen = chosen_clusterings(out_dir, losses)
     clusterings = {loss: _clustering(out_dir, loss, embedded.fingerprint) for loss in chosen}
     embedding = reproduce_embedding(out_dir, cfg, weights, log)
     paths, features, unreadable = embed_new(new, out_dir, cfg, embedding, log, progress)

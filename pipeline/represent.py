@@ -132,10 +132,9 @@ def read_assignments(out_dir: Path, loss: str) -> pd.DataFrame:
     return frame
 
 
-def represent_run(out_dir: Path, losses: list[str] | None = None, *,
-                  log: Callable[[str], None] = print) -> list[Representation]:
-    """Representatives for every clustered loss (or the given ones) of `out_dir`."""
-    out_dir = Path(out_dir)
+def chosen_clusterings(out_dir: Path, losses: list[str] | None = None) -> list[str]:
+    """The clustered losses of `out_dir` a stage works on (all, or `losses`), or a one-line
+    UserError saying which clustering to make first."""
     available = clustered_losses(out_dir)
     if not available:
         raise UserError(f"no clusterings in {out_dir}/clusters: run `python -m pipeline cluster --out {out_dir}` "
@@ -145,6 +144,14 @@ def represent_run(out_dir: Path, losses: list[str] | None = None, *,
     if missing:
         raise UserError(f"no clustering for {', '.join(missing)} in {out_dir}/clusters; cluster with "
                         f"--losses {','.join(missing)} first")
+    return chosen
+
+
+def represent_run(out_dir: Path, losses: list[str] | None = None, *,
+                  log: Callable[[str], None] = print) -> list[Representation]:
+    """Representatives for every clustered loss (or the given ones) of `out_dir`."""
+    out_dir = Path(out_dir)
+    chosen = chosen_clusterings(out_dir, losses)
     fingerprint = load_embedded(out_dir).fingerprint
     layout = Layout(out_dir)
     results = []
