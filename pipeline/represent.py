@@ -137,7 +137,7 @@ def chosen_clusterings(out_dir: Path, losses: list[str] | None = None) -> list[s
     UserError saying which clustering to make first."""
     available = clustered_losses(out_dir)
     if not available:
-        raise UserError(f"no clusterings in {out_dir}/clusters: run `python -m pipeline cluster --out {out_dir}` "
+        raise UserError(f"no clusterings in {out_dir}/clusters: run `photoclust cluster --out {out_dir}` "
                         "(or `make cluster`) first")
     chosen = losses or available
     missing = [loss for loss in chosen if loss not in available]
