@@ -74,6 +74,17 @@ assign: $(STAMP)
 	$(if $(NEW),,$(error make assign needs NEW=folder of new photos))
 	$(PY) -m pipeline assign $(call q,$(NEW)) --out $(call q,$(OUT)) --config $(call q,$(CONFIG)) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
 
+# The colour commands work on one photo (default: the shipped data/colour/coffee-cup.png).
+# make quantize [IMAGE=photo.jpg] [K=16 | K=2,4,8,16,32] [LOSS=square] [SPACE=lab] [DITHER=floyd-steinberg] [TO=out.png]
+COLOUR_IMAGE = $(or $(IMAGE),data/colour/coffee-cup.png)
+.PHONY: quantize segment bench-colour
+quantize: $(STAMP)
+	$(PY) -m pipeline quantize $(call q,$(COLOUR_IMAGE)) $(if $(K),--k $(call q,$(K))) $(if $(LOSS),--loss $(call q,$(LOSS))) $(if $(SPACE),--space $(call q,$(SPACE))) $(if $(DITHER),--dither $(call q,$(DITHER))) $(if $(TO),-o $(call q,$(TO)))
+
+# make segment [IMAGE=photo.jpg] [K=8] [XY_WEIGHT=0.5] [LOSS=square] [TO=folder]
+segment: $(STAMP)
+	$(PY) -m pipeline segment $(call q,$(COLOUR_IMAGE)) $(if $(K),--k $(call q,$(K))) $(if $(XY_WEIGHT),--xy-weight $(call q,$(XY_WEIGHT))) $(if $(LOSS),--loss $(call q,$(LOSS))) $(if $(TO),-o $(call q,$(TO)))
+
 # Crawls the site from index.html (every page it links inside OUT) in headless Chromium:
 # fails on an image that does not load, a broken link, a JavaScript error or a navigation
 # key that goes nowhere (needs Debian's chromium: apt-get install chromium).
@@ -107,6 +118,13 @@ bench-robust: $(STAMP)
 bench: bench-dupes
 bench-dupes: $(STAMP)
 	$(PY) benchmarks/bench_dupes.py --photos $(call q,$(PHOTOS))
+
+# Palettes of a 1 MP and a 12 MP photo (the shipped one, resized) against scikit-learn's KMeans and
+# MiniBatchKMeans: seconds and inertia over all pixels -> outputs/bench/colour.json
+bench: bench-colour
+bench-colour: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]' >/dev/null
+	$(PY) benchmarks/bench_colour.py
 
 # Rebuild data/sample from Debian's tuxpaint-stamps-default (apt-get install it first).
 sample-data: $(STAMP)

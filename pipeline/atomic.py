@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -122,12 +122,22 @@ def remove_tree(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def remove_stale_temporaries(folder: Path) -> int:
+def remove_stale_temporaries(folder: Path, targets: Iterable[str] | None = None) -> int:
     """Delete the temporary files that killed runs left under `folder`; returns how many.
+    With `targets` (file names), only the temporaries of those files directly in `folder`:
+    a folder the user chose (quantize -o) is never walked.
 
     Only called while holding the folder's lock, so no live writer owns them.
     """
     removed = 0
+    if targets is not None:
+        prefixes = tuple(f".{name[:80]}." for name in targets)
+        for entry in os.scandir(folder):
+            if entry.name.endswith(TEMP_SUFFIX) and entry.name.startswith(prefixes) and entry.is_file():
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
     for dirpath, _, names in os.walk(folder):
         for name in names:
             if name.endswith(TEMP_SUFFIX):

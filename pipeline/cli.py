@@ -181,7 +181,46 @@ def build_parser() -> argparse.ArgumentParser:
     asg.add_argument("--workers", default=None, help="decoding processes (default auto)")
     asg.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
     asg.set_defaults(run=_run_assign)
+
+    qua = sub.add_parser("quantize", parents=[waiting],
+                         help="a photo redrawn with k colours, saved as an indexed PNG; PSNR and file sizes")
+    qua.add_argument("image", metavar="IMAGE", help="the photo (read only: never written over)")
+    qua.add_argument("--k", default="16", metavar="K",
+                     help="number of colours, 1 to 256 (default 16); or a comma-separated list such as "
+                          "2,4,8,16,32: one PNG strip with the image at each k, its k and PSNR under it")
+    _add_colour_options(qua)
+    qua.add_argument("--space", default="lab",
+                     help="where colours are fitted and compared: lab (CIELAB, perceptual distances; default) "
+                          "or rgb (sRGB 0-255)")
+    qua.add_argument("--dither", default="none",
+                     help="none (default): each pixel takes its cluster's colour; floyd-steinberg: error "
+                          "diffusion onto the fitted palette (in --space)")
+    qua.add_argument("-o", "--output", type=Path, default=None, metavar="OUT.png",
+                     help="the PNG to write (default: outputs/quantize/<name>_k<K>.png); never the input")
+    qua.set_defaults(run=_run_quantize)
+
+    seg = sub.add_parser("segment", parents=[waiting],
+                         help="a photo cut into k regions by colour and position: a label map and a side-by-side")
+    seg.add_argument("image", metavar="IMAGE", help="the photo (read only: never written over)")
+    seg.add_argument("--k", default="8", metavar="K", help="number of segments, 1 to 256 (default 8)")
+    seg.add_argument("--xy-weight", default="0.5", metavar="W",
+                     help="how much position counts against colour, 0 to 1000 (default 0.5): 0 clusters by "
+                          "colour alone, 1 weighs position as much as colour, larger makes compact regions")
+    _add_colour_options(seg)
+    seg.add_argument("-o", "--output", type=Path, default=None, metavar="DIR",
+                     help="folder for <name>_labels.png (the label map: pixel value = segment, 0 the largest) "
+                          "and <name>_segments.png (photo | segments in their mean colour); default "
+                          "outputs/segment")
+    seg.set_defaults(run=_run_segment)
     return parser
+
+
+def _add_colour_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--loss", default="square",
+                   help="the clustering loss: square (default), absolute, huber, pseudo_huber, correntropy, "
+                        "epsilon_insensitive (their parameters: auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the k-means++ restarts (and of segment's "
+                                                       "pixel sample); same seed, same output bytes")
 
 
 def _parse_params(items: list[str]) -> dict[str, str] | None:
@@ -424,6 +463,53 @@ def _run_assign(args: argparse.Namespace) -> int:
         report = assign_run(out, Path(args.new), cfg, losses=_losses(args.losses), weights=args.weights, log=_log)
     print(f"{report.placed} new photo(s) placed under {len(report.losses)} loss(es)"
           f"{f', {len(report.unreadable)} unreadable' if report.unreadable else ''} -> {Layout(out).assigned}")
+    return 0
+
+
+def _colour_lock(args: argparse.Namespace, folder: Path, names: list[str]):
+    """The lock of the folder a colour command writes its files `names` into: made when
+    missing, marked as an output folder (which finding photos skips) only when it is
+    photoclust's default, not one the user chose with -o; only those files' temporaries
+    left by a killed run are removed (the folder is never walked)."""
+    from .lock import output_lock
+
+    return output_lock(folder, wait=not args.no_wait, create=True, marker=args.output is None, targets=names,
+                       log=_log)
+
+
+def _run_quantize(args: argparse.Namespace) -> int:
+    from .colour import check_space
+    from .losses import check_loss
+    from .quantize import check_dither, check_output, default_output, parse_ks, quantize_file, read_image
+
+    ks, space, dither, loss = parse_ks(args.k), check_space(args.space), check_dither(args.dither), \
+        check_loss(args.loss)
+    output = args.output if args.output is not None else default_output(Path(args.image), ks, loss, space, dither)
+    check_output(Path(args.image), output)
+    image = read_image(Path(args.image))
+    with _colour_lock(args, output.parent, [output.name]):
+        report = quantize_file(Path(args.image), ks, output, loss=loss, space=space, dither=dither,
+                               seed=args.seed, image=image, log=_log)
+    for line in report.lines(Path(args.image)):
+        print(line)
+    return 0
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    from .losses import check_loss
+    from .segment import DEFAULT_FOLDER, check_k, check_outputs, check_xy_weight, segment_file
+    from .quantize import read_image
+
+    k, weight, loss = check_k(args.k), check_xy_weight(args.xy_weight), check_loss(args.loss)
+    folder = args.output if args.output is not None else DEFAULT_FOLDER
+    paths = check_outputs(Path(args.image), folder)
+    image = read_image(Path(args.image))
+    with _colour_lock(args, folder, [p.name for p in paths]):
+        seg, paths = segment_file(Path(args.image), folder, k=k, xy_weight=weight, loss=loss, seed=args.seed,
+                                  image=image)
+    shrunk = f" (the photo has too few distinct points for {k})" if seg.k < k else ""
+    print(f"{seg.k} segments{shrunk}, largest {seg.sizes[0] / seg.sizes.sum():.0%} of the photo; fitted on "
+          f"{seg.sampled} pixels -> {paths[0]}, {paths[1]}")
     return 0
 
 

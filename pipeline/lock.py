@@ -14,7 +14,7 @@ import contextlib
 import fcntl
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .atomic import remove_stale_temporaries, write_text
@@ -26,9 +26,11 @@ _held: dict[tuple[int, str], tuple[int, int]] = {}  # (thread, real path of the 
 
 @contextlib.contextmanager
 def output_lock(out_dir: Path, *, wait: bool = True, create: bool = True, marker: bool = True,
-                log: Callable[[str], None] = print) -> Iterator[None]:
+                targets: Iterable[str] | None = None, log: Callable[[str], None] = print) -> Iterator[None]:
     """Hold the lock of `out_dir` for the block; with `create`, make the folder first (and
-    with `marker`, mark it as an output folder that finding photos skips)."""
+    with `marker`, mark it as an output folder that finding photos skips). With `targets`
+    (the names of the files the command writes there: quantize, segment), only their
+    temporaries left by a killed run are removed, and the folder is never walked."""
     layout = Layout(out_dir)
     made = create and not layout.root.exists()
     if create:
@@ -58,7 +60,7 @@ def output_lock(out_dir: Path, *, wait: bool = True, create: bool = True, marker
             log(f"waiting for another photoclust run to finish in {out_dir} ...")
             fcntl.flock(fd, fcntl.LOCK_EX)
         _held[key] = (fd, 1)
-        removed = remove_stale_temporaries(layout.root)
+        removed = remove_stale_temporaries(layout.root, targets)
         if removed:
             log(f"removed {removed} temporary file(s) left by an interrupted run in {out_dir}")
         try:

@@ -48,7 +48,8 @@ def runner():
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "torchvision", "pandas", "PIL.Image", "pipeline.cli", "pipeline.extract",
                                 "pipeline.cluster", "pipeline.render", "pipeline.report", "pipeline.site",
-                                "pipeline.export", "pipeline.assign", "jinja2"])
+                                "pipeline.export", "pipeline.assign", "pipeline.quantize", "pipeline.segment",
+                                "jinja2"])
 
     def run(argv: list[str], kill_at: int | None = None, log: Path | None = None, stderr: Path | None = None) -> int:
         env = {"PHOTOCLUST_KILL_AT": str(kill_at)} if kill_at else {}
@@ -239,6 +240,36 @@ def test_export_killed_at_every_write_point_gives_the_clean_folders(runner, extr
             assert not leftovers(target), name
     photos_after = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
     assert len([p for p in photos_after if p.endswith((".jpg", ".png"))]) == 3  # the photos are untouched
+
+
+def test_quantize_and_segment_killed_at_every_write_point_give_the_clean_files(runner, tmp_path):
+    """The colour commands write into a folder the user chose (-o): killed anywhere and run
+    again, the folder holds exactly the clean run's files (a file of the user's there is
+    left alone) and no temporary file; the photo is never written."""
+    photo = make_photos(tmp_path / "photos", 1, seed=3)[0]
+    before = photo.read_bytes()
+    commands = {"quantize": lambda target: ["quantize", photo, "--k", "4", "-o", target / "q.png"],
+                "strip": lambda target: ["quantize", photo, "--k", "2,4", "--dither", "floyd-steinberg",
+                                         "-o", target / "strip.png"],
+                "segment": lambda target: ["segment", photo, "--k", "3", "-o", target]}
+    for label, argv in commands.items():
+        def fresh(name: str) -> Path:
+            target = tmp_path / name
+            target.mkdir()
+            (target / "keep.txt").write_text("the user's own file")
+            return target
+
+        clean = fresh(f"clean_{label}")
+        assert runner(argv(clean)) == 0
+        points = write_points(runner, argv(fresh(f"probe_{label}")), tmp_path / "log")
+        assert len(points) >= 2, points
+        for n, name in enumerate(points, start=1):
+            target = fresh(f"kill_{label}_{n}")
+            assert runner(argv(target), kill_at=n) == -9, name
+            assert runner(argv(target)) == 0, name
+            assert_same_outputs(target, clean, skip=())
+            assert not leftovers(target), name
+    assert photo.read_bytes() == before
 
 
 @pytest.fixture
