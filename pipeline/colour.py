@@ -159,11 +159,12 @@ def _pooled(points: np.ndarray, colours: Colours) -> tuple[np.ndarray, np.ndarra
     rgb = colours.rgb >> _BIN_SHIFT
     bits = 8 - _BIN_SHIFT
     bins = (rgb[:, 0].astype(np.int64) << (2 * bits)) | (rgb[:, 1].astype(np.int64) << bits) | rgb[:, 2]
-    used, index = np.unique(bins, return_inverse=True)
-    weight = np.bincount(index, weights=colours.counts, minlength=len(used))
-    means = np.stack([np.bincount(index, weights=points[:, j] * colours.counts, minlength=len(used))
-                      for j in range(points.shape[1])], axis=1) / weight[:, None]
-    return means.astype(np.float32), weight
+    # one count over the 2^18 bins, not np.unique's sort of the (up to millions of) colours
+    weight = np.bincount(bins, weights=colours.counts, minlength=1 << (3 * bits))
+    used = np.flatnonzero(weight)
+    means = np.stack([np.bincount(bins, weights=points[:, j] * colours.counts, minlength=len(weight))[used]
+                      for j in range(points.shape[1])], axis=1) / weight[used, None]
+    return means.astype(np.float32), weight[used]
 
 
 def fit_colours(colours: Colours, k: int, loss: str = "square", space: str = "lab", *, seed: int = 0,

@@ -130,7 +130,17 @@ _ONE_HOT_MAX_K = 64
 def _chunk_sums(values: torch.Tensor, labels: torch.Tensor, k: int, row_weights: torch.Tensor | None = None
                 ) -> torch.Tensor:
     """(k, m) sums of the rows of `values` (rows, m) by label (each row times `row_weights`
-    (rows,) when given), in the values' dtype: the caller adds chunk totals in float64."""
+    (rows,) when given), in the values' dtype: the caller adds chunk totals in float64.
+
+    Rows narrower than k (colours: m = 3 or 5) are summed by index_add_ in float64 instead:
+    there the (k, rows) one-hot matrix costs more than the rows themselves (a weighted
+    update of 22,000 colours, k = 16: 1.1 ms by the GEMM, 0.3 ms so, on one thread), and a
+    long chunk of few coordinates is cheap to convert."""
+    if values.shape[1] < k:
+        values = values.to(_accumulator_dtype(values.device))
+        if row_weights is not None:
+            values = values * row_weights[:, None].to(values.dtype)
+        return torch.zeros(k, values.shape[1], dtype=values.dtype, device=values.device).index_add_(0, labels, values)
     if k <= _ONE_HOT_MAX_K:
         rows = values.shape[0]
         select = torch.zeros(k, rows, dtype=values.dtype, device=values.device)
@@ -574,10 +584,6 @@ def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> float:
     return ((values * weights).sum() / weights.sum()).item()
 
 
-def _unit_weights(Xc, r, lc):
-    return torch.ones(Xc.shape[0], 1, dtype=Xc.dtype, device=Xc.device)
-
-
 @register
 class Square(CoordinateLoss):
     """Squared Euclidean distance: loss = sum_j r_j^2 = d^2.
@@ -595,8 +601,8 @@ class Square(CoordinateLoss):
         return d2
 
     def update(self, X, labels, C, param, steps=None, sample_weight=None, max_chunk_bytes=DEFAULT_MAX_CHUNK_BYTES):
-        if sample_weight is not None:
-            return weighted_means(X, labels, C, _unit_weights, max_chunk_bytes, sample_weight)
+        if sample_weight is not None:  # the weights are the sample weights: no residual pass
+            return weighted_means(X, labels, C, None, max_chunk_bytes, row_weights=sample_weight)
         sums, counts = cluster_sums(X, labels, C.shape[0], max_chunk_bytes)
         nonempty = counts > 0
         out = C.clone()

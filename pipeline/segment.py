@@ -33,7 +33,7 @@ import numpy as np
 
 from . import colour as C
 from .errors import UserError
-from .quantize import MAX_K, read_image, same_file
+from .quantize import MAX_K, one_thread, read_image, same_file
 
 SAMPLE_PIXELS = 150_000
 BLOCK_PIXELS = 1 << 18
@@ -98,6 +98,12 @@ def _rms(values: np.ndarray, mean: np.ndarray) -> float:
 
 def segment_image(image: np.ndarray, k: int = DEFAULT_K, xy_weight: float = DEFAULT_XY_WEIGHT,
                   loss: str = "square", seed: int = 0, sample: int = SAMPLE_PIXELS) -> Segmentation:
+    """`image` (h, w, 3) uint8 cut into at most k segments (one thread: see quantize.one_thread)."""
+    with one_thread():
+        return _segment(image, k, xy_weight, loss, seed, sample)
+
+
+def _segment(image: np.ndarray, k: int, xy_weight: float, loss: str, seed: int, sample: int) -> Segmentation:
     from .kmeans import GeneralizedKMeans
 
     h, w, _ = image.shape
