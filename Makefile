@@ -81,7 +81,7 @@ COLOUR_IMAGE = $(or $(IMAGE),data/colour/coffee-cup.png)
 quantize: $(STAMP)
 	$(PY) -m pipeline quantize $(call q,$(COLOUR_IMAGE)) $(if $(K),--k $(call q,$(K))) $(if $(LOSS),--loss $(call q,$(LOSS))) $(if $(SPACE),--space $(call q,$(SPACE))) $(if $(DITHER),--dither $(call q,$(DITHER))) $(if $(TO),-o $(call q,$(TO)))
 
-# make segment [IMAGE=photo.jpg] [K=8] [XY_WEIGHT=0.5] [LOSS=square] [TO=folder]
+# make segment [IMAGE=photo.jpg] [K=8] [XY_WEIGHT=1] [LOSS=square] [TO=folder]
 segment: $(STAMP)
 	$(PY) -m pipeline segment $(call q,$(COLOUR_IMAGE)) $(if $(K),--k $(call q,$(K))) $(if $(XY_WEIGHT),--xy-weight $(call q,$(XY_WEIGHT))) $(if $(LOSS),--loss $(call q,$(LOSS))) $(if $(TO),-o $(call q,$(TO)))
 

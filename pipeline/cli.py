@@ -203,9 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a photo cut into k regions by colour and position: a label map and a side-by-side")
     seg.add_argument("image", metavar="IMAGE", help="the photo (read only: never written over)")
     seg.add_argument("--k", default="8", metavar="K", help="number of segments, 1 to 256 (default 8)")
-    seg.add_argument("--xy-weight", default="0.5", metavar="W",
-                     help="how much position counts against colour, 0 to 1000 (default 0.5): 0 clusters by "
-                          "colour alone, 1 weighs position as much as colour, larger makes compact regions")
+    seg.add_argument("--xy-weight", default="1", metavar="W",
+                     help="how much position counts against colour, 0 to 1000 (default 1: as much as colour): "
+                          "0 clusters by colour alone, larger makes compact regions")
     _add_colour_options(seg)
     seg.add_argument("-o", "--output", type=Path, default=None, metavar="DIR",
                      help="folder for <name>_labels.png (the label map: pixel value = segment, 0 the largest) "

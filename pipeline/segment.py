@@ -38,7 +38,7 @@ from .quantize import MAX_K, one_thread, read_image, same_file
 SAMPLE_PIXELS = 150_000
 BLOCK_PIXELS = 1 << 18
 DEFAULT_K = 8
-DEFAULT_XY_WEIGHT = 0.5
+DEFAULT_XY_WEIGHT = 1.0
 MAX_XY_WEIGHT = 1000.0
 DEFAULT_FOLDER = Path("outputs") / "segment"
 PANEL = 1024  # the long side of each half of the side-by-side, at most (a smaller photo: pixel for pixel)

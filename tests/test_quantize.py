@@ -127,6 +127,9 @@ def test_same_input_same_bytes(tmp_path):
 
 # ----------------------------------------------------------------------------- dithering
 
+RIGHT, DOWN_LEFT, DOWN, DOWN_RIGHT = (np.float32(v / 16) for v in (7, 3, 5, 1))  # Floyd and Steinberg's
+
+
 def reference_floyd_steinberg(values: np.ndarray, palette: np.ndarray) -> np.ndarray:
     """The textbook loop, pixel by pixel, with the same clamp and float32 arithmetic."""
     work = values.astype(np.float32).copy()
@@ -141,13 +144,13 @@ def reference_floyd_steinberg(values: np.ndarray, palette: np.ndarray) -> np.nda
             out[y, x] = index
             error = wanted - palette[index]
             if x + 1 < w:
-                work[y, x + 1] += error * Q.FS_RIGHT
+                work[y, x + 1] += error * RIGHT
             if y + 1 < h:
                 if x > 0:
-                    work[y + 1, x - 1] += error * Q.FS_DOWN_LEFT
-                work[y + 1, x] += error * Q.FS_DOWN
+                    work[y + 1, x - 1] += error * DOWN_LEFT
+                work[y + 1, x] += error * DOWN
                 if x + 1 < w:
-                    work[y + 1, x + 1] += error * Q.FS_DOWN_RIGHT
+                    work[y + 1, x + 1] += error * DOWN_RIGHT
     return out
 
 
