@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from . import colour as C
 from .errors import UserError
@@ -192,7 +193,10 @@ def _pixels_in_space(colours: C.Colours, codes: np.ndarray, space: str) -> np.nd
 def _compact(indices: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The palette without unused or repeated colours, most used first (ties: by colour),
     and the indices into it as uint8."""
-    counts = np.bincount(indices.ravel(), minlength=len(palette))
+    flat = indices.ravel()
+    blocks = [slice(start, start + _PSNR_ROWS) for start in range(0, len(flat), _PSNR_ROWS)]
+    # in blocks: bincount and fancy indexing copy their index array as int64 (96 MB at 12 MP)
+    counts = sum(np.bincount(flat[b], minlength=len(palette)) for b in blocks)
     codes = C.pixel_codes(palette)
     unique, inverse = np.unique(codes, return_inverse=True)
     merged = np.bincount(inverse.ravel(), weights=counts, minlength=len(unique))
@@ -200,7 +204,11 @@ def _compact(indices: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.n
     order = order[merged[order] > 0]
     position = np.zeros(len(unique), dtype=np.uint8)
     position[order] = np.arange(len(order), dtype=np.uint8)
-    return position[inverse.ravel()][indices], C.decode(unique[order])
+    new_index = position[inverse.ravel()]
+    out = np.empty(len(flat), dtype=np.uint8)
+    for b in blocks:
+        out[b] = new_index[flat[b]]
+    return out.reshape(indices.shape), C.decode(unique[order])
 
 
 def floyd_steinberg(values: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -227,7 +235,8 @@ def floyd_steinberg(values: np.ndarray, palette: np.ndarray) -> np.ndarray:
     flat = work.reshape(-1, c)
     chosen = np.zeros(len(flat), dtype=np.int16)
     low, high = palette.min(0), palette.max(0)
-    for t in range(w + 2 * (h - 1)):
+    steps = range(w + 2 * (h - 1))
+    for t in tqdm(steps, desc="dithering", unit="diagonal", leave=False, disable=True if h * w < 1 << 22 else None):
         first, last = max(0, (t - w + 2) // 2), min(h - 1, t // 2)  # rows whose x = t - 2y lies in 0..w-1
         start = t + 1 + first * w  # pixel (y, t - 2y) sits at y * width + t - 2y + 1 = t + 1 + y * w
         step = slice(start, start + (last - first) * w + 1, w)

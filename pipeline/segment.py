@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from . import colour as C
 from .errors import UserError
@@ -121,14 +122,15 @@ def _segment(image: np.ndarray, k: int, xy_weight: float, loss: str, seed: int, 
     k = min(k, distinct)
     model = GeneralizedKMeans(k, loss, seed=seed).fit(points)
     labels = np.empty(n, dtype=np.uint8)  # k <= 256
-    sums = np.zeros((k, 3))
-    for start in range(0, n, BLOCK_PIXELS):
+    sums, sizes = np.zeros((k, 3)), np.zeros(k, dtype=np.int64)
+    blocks = range(0, n, BLOCK_PIXELS)
+    for start in tqdm(blocks, desc="labelling pixels", unit="block", leave=False, disable=True if len(blocks) < 8 else None):
         index = np.arange(start, min(n, start + BLOCK_PIXELS))
         block = model.predict(_features(flat[index], index, w, centre, spread, xy_weight))
         labels[index] = block
+        sizes += np.bincount(block, minlength=k)
         for c in range(3):
             sums[:, c] += np.bincount(block, weights=flat[index, c], minlength=k)
-    sizes = np.bincount(labels, minlength=k)
     order = np.lexsort((np.arange(k), -sizes))  # segment 0 is the largest
     rank = np.empty(k, dtype=labels.dtype)
     rank[order] = np.arange(k)
