@@ -84,6 +84,17 @@ def test_every_loss_and_space_gives_back_the_flat_colours(tmp_path, loss, space)
     np.testing.assert_array_equal(table["pixels"], np.sort(SIZES)[::-1])
 
 
+def test_colours_are_counted_the_same_by_sorting_and_by_the_table(monkeypatch):
+    rng = np.random.default_rng(2)
+    codes = colour.pixel_codes(rng.integers(0, 6, size=(300, 200, 3), dtype=np.uint8) * 51)
+    by_sort = colour.colours_of(codes)
+    monkeypatch.setattr(colour, "_SORT_MAX_PIXELS", 0)
+    by_table = colour.colours_of(codes)
+    np.testing.assert_array_equal(by_sort.codes, by_table.codes)
+    np.testing.assert_array_equal(by_sort.counts, by_table.counts)
+    assert by_table.codes.dtype == by_sort.codes.dtype == np.int64 and by_sort.pixels == 300 * 200
+
+
 def test_hex_codes_are_lowercase_two_digits_per_channel():
     assert colour.hex_code((255, 0, 16)) == "#ff0010"
     assert colour.hex_code(np.array([1, 2, 3], dtype=np.uint8)) == "#010203"
