@@ -205,9 +205,10 @@ def _one_torch_thread():
 
 
 def fit_colours(colours: Colours, k: int, loss: str = "square", space: str = "lab", *, seed: int = 0,
-                param: float | str = "auto", max_points: int = MAX_FIT_POINTS) -> ColourFit:
+                param: float | str = "auto", max_points: int = MAX_FIT_POINTS, n_init: int | None = None) -> ColourFit:
     """k colours for an image's colours under `loss` (`GeneralizedKMeans`, weighted by pixel
-    counts). Fewer distinct colours than k: each is its own center (k shrinks to them)."""
+    counts; `n_init` restarts, the engine's default when None). Fewer distinct colours than
+    k: each is its own center (k shrinks to them)."""
     from .kmeans import GeneralizedKMeans
 
     points = to_space(colours.rgb, space)
@@ -220,7 +221,8 @@ def fit_colours(colours: Colours, k: int, loss: str = "square", space: str = "la
     else:
         fit_points, fit_weights = points, weights
     with _one_torch_thread():
-        model = GeneralizedKMeans(k, loss, param=param, seed=seed).fit(fit_points, sample_weight=fit_weights)
+        restarts = {} if n_init is None else {"n_init": n_init}
+        model = GeneralizedKMeans(k, loss, param=param, seed=seed, **restarts).fit(fit_points, sample_weight=fit_weights)
         labels = model.predict(points)
         per_colour = model.loss_to_center(points)
     shares = np.bincount(labels, weights=weights, minlength=k) / weights.sum()

@@ -86,10 +86,10 @@ class Palette:
 
 
 def palette_of(colours: colour.Colours, k: int = DEFAULT_K, loss: str = DEFAULT_LOSS, space: str = DEFAULT_SPACE,
-               *, seed: int = 0) -> Palette:
+               *, seed: int = 0, n_init: int | None = None) -> Palette:
     """k dominant colours of `colours` (fewer when the image has fewer distinct colours),
     ordered by the pixels they stand for (ties: by hex code)."""
-    fit = colour.fit_colours(colours, k, loss, space, seed=seed)
+    fit = colour.fit_colours(colours, k, loss, space, seed=seed, n_init=n_init)
     pixels = np.bincount(fit.labels.astype(np.int64), weights=colours.counts, minlength=len(fit.rgb))
     pixels = np.rint(pixels).astype(np.int64)
     codes = [int(r) << 16 | int(g) << 8 | int(b) for r, g, b in fit.rgb]
@@ -169,14 +169,52 @@ def draw_swatch(palette: Palette, title: str) -> Image.Image:
     return image
 
 
-def cluster_palette(images: Iterable[Image.Image | None], k: int = STRIP_K, seed: int = 0) -> Palette | None:
-    """The dominant colours of a cluster's thumbnails (their pixels pooled, as for a folder);
-    None when none is available."""
-    codes = [colour.pixel_codes(np.asarray(im.convert("RGB") if im.mode != "RGB" else im))
-             for im in images if im is not None]
-    if not codes:
+STRIP_BITS = 5  # a cluster's strip pools its thumbnails' pixels in 2^15 colour bins
+
+
+@dataclass(frozen=True)
+class BinnedColours:
+    """A picture's pixels pooled by the top STRIP_BITS bits of each channel: the bins used
+    (ascending), how many pixels fell in each and the sum of their sRGB values."""
+    bins: np.ndarray  # (b,) int64
+    counts: np.ndarray  # (b,) int64
+    sums: np.ndarray  # (b, 3) float64 (exact: integers)
+
+
+def binned_colours(image: Image.Image) -> BinnedColours:
+    """The thumbnail `image`'s pixels in colour bins (see BinnedColours)."""
+    rgb = np.asarray(image.convert("RGB") if image.mode != "RGB" else image).reshape(-1, 3)
+    top = (rgb >> (8 - STRIP_BITS)).astype(np.int64)
+    index = (top[:, 0] << (2 * STRIP_BITS)) | (top[:, 1] << STRIP_BITS) | top[:, 2]
+    bins, inverse, counts = np.unique(index, return_inverse=True, return_counts=True)
+    sums = np.stack([np.bincount(inverse, weights=rgb[:, j], minlength=len(bins)) for j in range(3)], axis=1)
+    return BinnedColours(bins, counts.astype(np.int64), sums)
+
+
+def pooled_colours(parts: Iterable[BinnedColours]) -> colour.Colours | None:
+    """The binned colours of several pictures added up, each bin standing at its pixels' mean
+    colour (rounded: it stays inside its bin, so the codes stay distinct and ascending)."""
+    parts = list(parts)
+    if not parts:
         return None
-    return palette_of(colour.colours_of(np.concatenate(codes)), k, "square", "lab", seed=seed)
+    size = 1 << (3 * STRIP_BITS)
+    bins = np.concatenate([p.bins for p in parts])
+    counts = np.bincount(bins, weights=np.concatenate([p.counts for p in parts]), minlength=size)
+    used = np.flatnonzero(counts)
+    sums = np.concatenate([p.sums for p in parts])
+    means = np.stack([np.bincount(bins, weights=sums[:, j], minlength=size)[used] for j in range(3)], axis=1)
+    rgb = np.rint(means / counts[used, None]).astype(np.int64)
+    codes = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+    return colour.Colours(codes, np.rint(counts[used]).astype(np.int64))
+
+
+def cluster_palette(parts: Iterable[BinnedColours], k: int = STRIP_K, seed: int = 0) -> Palette | None:
+    """The dominant colours of a cluster's thumbnails, from their binned colours (square loss,
+    CIELAB, one k-means++ start: on the sample's clusters its objective is within 0.2% of four
+    starts', at a quarter of the time); None when there is none. Shares are of the
+    thumbnails' pixels, each bin's pixels taking its label."""
+    colours = pooled_colours(parts)
+    return None if colours is None else palette_of(colours, k, "square", "lab", seed=seed, n_init=1)
 
 
 # ----------------------------------------------------------------------------- the command (I/O)

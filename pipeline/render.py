@@ -259,13 +259,22 @@ class Thumbnails:
 def cluster_palettes(frames: dict[str, pd.DataFrame], thumbs: Thumbnails, max_per_sheet: int) -> dict[str, dict]:
     """{loss: {cluster: palette.Palette or None}}: each cluster's dominant colours, from the
     thumbnails of the members its contact sheet draws (the nearest `max_per_sheet`, already
-    in memory: no photo is opened), seeded, so the same thumbnails give the same strip."""
-    from .palette import cluster_palette
+    in memory: no photo is opened). Each thumbnail's pixels are binned once for every loss
+    (`palette.binned_colours`); the fit is seeded, so the same thumbnails give the same strip."""
+    from .palette import binned_colours, cluster_palette
+
+    binned: dict[str, object] = {}
+
+    def of(path: str):
+        if path not in binned:
+            image = thumbs[path]
+            binned[path] = binned_colours(image) if image is not None else None
+        return binned[path]
 
     result: dict[str, dict] = {}
     for loss, frame in frames.items():
         shown = frame[frame["rank"] < max_per_sheet].sort_values(["cluster", "rank"], kind="stable")
-        result[loss] = {int(cluster): cluster_palette(thumbs[p] for p in members["path"])
+        result[loss] = {int(cluster): cluster_palette(b for b in map(of, members["path"]) if b is not None)
                         for cluster, members in shown.groupby("cluster", sort=True)}
     return result
 

@@ -95,6 +95,20 @@ def test_colours_are_counted_the_same_by_sorting_and_by_the_table(monkeypatch):
     assert by_table.codes.dtype == by_sort.codes.dtype == np.int64 and by_sort.pixels == 300 * 200
 
 
+def test_a_strip_pools_its_pictures_colours_in_bins_at_their_mean():
+    one = Image.fromarray(np.repeat(FLAT, SIZES, axis=0).reshape(-1, 40, 3))
+    shade = FLAT[0] + np.array([3, 0, 1], dtype=np.uint8)  # the same 5-bit bin as FLAT[0]
+    two = Image.fromarray(np.broadcast_to(shade, (10, 30, 3)).copy())
+    pooled = P.pooled_colours([P.binned_colours(one), P.binned_colours(two)])
+    assert np.all(np.diff(pooled.codes) > 0) and pooled.pixels == 1000 + 300
+    mean = np.rint((FLAT[0].astype(float) * 500 + shade.astype(float) * 300) / 800).astype(np.uint8)
+    expected = {hex_of(c): n for c, n in zip(FLAT[1:], SIZES[1:])} | {hex_of(mean): 800}
+    assert {hex_of(c): int(n) for c, n in zip(pooled.rgb, pooled.counts)} == expected
+    palette = P.cluster_palette([P.binned_colours(one), P.binned_colours(two)])
+    assert palette.hex[0] == hex_of(mean) and list(palette.pixels) == [800, 300, 150, 50]
+    assert P.pooled_colours([]) is None and P.cluster_palette([]) is None
+
+
 def test_hex_codes_are_lowercase_two_digits_per_channel():
     assert colour.hex_code((255, 0, 16)) == "#ff0010"
     assert colour.hex_code(np.array([1, 2, 3], dtype=np.uint8)) == "#010203"
@@ -255,7 +269,7 @@ def strips_of(out: Path) -> dict[int, "P.Palette"]:
     expected = {}
     for cluster, members in frame.sort_values("rank").groupby("cluster"):
         thumbs = [Image.open(thumbnail_file(layout.thumbs, p, sha1_of[p])).convert("RGB") for p in members["path"]]
-        expected[int(cluster)] = P.cluster_palette(thumbs)
+        expected[int(cluster)] = P.cluster_palette(P.binned_colours(im) for im in thumbs)
     return expected
 
 
