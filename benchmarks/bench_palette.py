@@ -8,7 +8,8 @@ The 12 MP photo is the README's photograph (data/colour/palette-chelsea.png, CC0
 enlargement has far fewer distinct colours than a photo), saved as JPEG quality 92. Steps:
 decode (full size, EXIF-upright, `images.open_rgb`), pixel codes, distinct colours with
 counts, the fit (`palette.palette_of`: Lab conversion, pooling, k-means, labelling every
-distinct colour), the swatch and the files; and the whole `palette_run` end to end.
+distinct colour), the swatch and the files; the whole `palette_run` end to end in this
+process; and `photoclust palette` in a new process (wall time with start-up, peak memory).
 Also: how much a JPEG draft decode (1/2, 1/4 scale) would move the shares. The render part
 runs `photoclust run --weights random` on the sample (or reuses --out) and times `render`
 with and without palettes. -> outputs/bench/palette.json
@@ -66,9 +67,7 @@ def draft_shares(path: Path, full: P.Palette, scale: int) -> dict:
     JPEG draft decode: each draft colour labelled by the full fit's centers."""
     with Image.open(path) as im:
         im.draft("RGB", (im.width // scale, im.height // scale))
-        start = time.perf_counter()
         pixels = np.asarray(im.convert("RGB"))
-        seconds = time.perf_counter() - start
     colours = colour.colours_of(colour.pixel_codes(pixels))
     from pipeline.kmeans import GeneralizedKMeans
 
@@ -76,8 +75,23 @@ def draft_shares(path: Path, full: P.Palette, scale: int) -> dict:
     model.fit(colour.to_space(full.rgb, "lab"))  # centers = the full palette's colours
     labels = model.predict(colour.to_space(colours.rgb, "lab"))
     shares = np.bincount(labels, weights=colours.counts, minlength=len(full.rgb)) / colours.pixels
-    return {"scale": f"1/{scale}", "size": list(pixels.shape[1::-1]), "decode_seconds": round(seconds, 4),
+    return {"scale": f"1/{scale}", "size": list(pixels.shape[1::-1]),
             "max_share_change": float(np.abs(shares - full.shares).max())}
+
+
+def cli_run(path: Path, out: Path, repeat: int) -> dict:
+    """`photoclust palette PHOTO` as a user runs it: a new process each time (Python, torch and
+    the first fit's warm-up included), its wall time and the largest peak memory of a run."""
+    import subprocess
+
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pipeline", "palette", str(path), "--out", str(out)], cwd=REPO,
+                       check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return {"wall_seconds": round(statistics.median(times), 3),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
 
 
 def photo_part(repeat: int, k: int) -> dict:
@@ -95,13 +109,14 @@ def photo_part(repeat: int, k: int) -> dict:
         del image, pixels, codes
         total_s, _ = timed(lambda: P.palette_run(path, out, k=k, log=lambda m: None), repeat)
         drafts = [draft_shares(path, palette, s) for s in (2, 4)]
+        cli = cli_run(path, Path(folder) / "cli", max(1, repeat // 2))
         return {"photo": {"size": list(SIZE), "megapixels": SIZE[0] * SIZE[1] / 1e6,
                           "distinct_colours": int(len(colours.codes)), "jpeg_bytes": path.stat().st_size},
                 "k": k, "repeat": repeat,
                 "seconds": {"decode": round(decode_s, 4), "pixel_codes": round(codes_s, 4),
                             "colours_of": round(count_s, 4), "fit": round(fit_s, 4),
                             "swatch_and_files": round(write_s, 4), "palette_run_total": round(total_s, 4)},
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "command": cli,
                 "palette": palette.hex, "shares": [round(float(s), 4) for s in palette.shares],
                 "draft": drafts}
 

@@ -107,7 +107,12 @@ def hex_code(rgb) -> str:
 def pixel_codes(image: np.ndarray) -> np.ndarray:
     """(h, w, 3) uint8 -> (h * w,) int32 codes r << 16 | g << 8 | b."""
     image = np.ascontiguousarray(image, dtype=np.uint8).reshape(-1, 3)
-    return (image[:, 0].astype(np.int32) << 16) | (image[:, 1].astype(np.int32) << 8) | image[:, 2]
+    codes = image[:, 0].astype(np.int32)  # built in place: one (h * w) int32 array, no temporaries
+    codes <<= 8
+    codes |= image[:, 1]
+    codes <<= 8
+    codes |= image[:, 2]
+    return codes
 
 
 def decode(codes: np.ndarray) -> np.ndarray:

@@ -276,7 +276,9 @@ def image_colours(path: Path) -> colour.Colours:
     image = open_rgb(path)
     pixels = np.asarray(image)
     image.close()
-    return colour.colours_of(colour.pixel_codes(pixels))
+    codes = colour.pixel_codes(pixels)
+    del pixels  # at most the codes and the count's own arrays at once
+    return colour.colours_of(codes)
 
 
 def write_palette(files: dict[str, Path], palette: Palette, meta: dict, title: str) -> None:

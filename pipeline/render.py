@@ -46,6 +46,7 @@ MUTED = (110, 110, 110)
 MARK = (220, 40, 40)  # the representative's frame
 PLACEHOLDER = (235, 235, 235)
 STRIP_GAP, STRIP_HEIGHT = 5, 12  # a cluster's colour strip, under its thumbnail box
+STRIP_EDGE = (200, 200, 200)
 
 
 @dataclass
@@ -125,7 +126,9 @@ def tile(thumb: Image.Image | None, lines: list[str], face: ImageFont.ImageFont,
     if strip and palette is not None:
         from .palette import draw_strip
 
-        draw_strip(draw, strip_box(size), palette.rgb, palette.shares)
+        left, top, width, height = strip_box(size)
+        draw.rectangle([left - 1, top - 1, left + width, top + height], outline=STRIP_EDGE)  # shows a white bar
+        draw_strip(draw, (left, top, width, height), palette.rgb, palette.shares)
     if thumb is None:
         draw.rectangle([PAD, PAD, PAD + size - 1, PAD + size - 1], fill=PLACEHOLDER)
         draw.text((PAD + size // 2, PAD + size // 2), "not available", fill=MUTED, font=face, anchor="mm")
