@@ -245,7 +245,8 @@ def test_palette_killed_at_every_write_point_gives_the_clean_folder(runner, tmp_
     """`palette` over a folder (a broken file among the photos): killed at any write point,
     the rerun gives the clean run's files, and the photos are untouched."""
     folder = tmp_path / "photos"
-    make_photos(folder, 2, seed=5)  # b/img_00.png, a/img_01.jpg
+    make_photos(folder, 1, seed=5)  # b/img_00.png
+    (folder / "a").mkdir()
     (folder / "a" / "broken.jpg").write_bytes(b"not a photo")
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     argv = lambda target: ["palette", folder, "--out", target, "--k", "3"]
