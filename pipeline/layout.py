@@ -215,3 +215,39 @@ def default_output(photos: str | Path) -> Path:
 def is_output_folder(path: str | Path) -> bool:
     """Whether `path` is a photoclust output folder (its marker, or an older folder's cache key)."""
     return (Path(path) / OUTPUT_MARKER).is_file() or (Path(path) / LEGACY_OUTPUT_MARKER).is_file()
+
+
+# ----------------------------------------------------------------------------- `photoclust palette`
+
+@dataclass(frozen=True)
+class PaletteLayout:
+    """The folder `photoclust palette` writes (default `outputs/palette/<name>/`, see
+    `default_palette_output`); it holds the output marker, so finding photos never enters it.
+
+      palette.png, palette.csv, palette.json        the photo's palette, or the whole folder's
+      photos/<path>.palette.{png,csv,json}          each photo's, for a folder (<path> under it)
+    """
+    root: Path
+    SUFFIXES = (".palette.png", ".palette.csv", ".palette.json")
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def photos(self) -> Path:
+        return self.root / "photos"
+
+    def files(self, photo: str | None = None) -> dict[str, Path]:
+        """{"png", "csv", "json"}: the whole palette's files, or those of the photo at `photo`
+        (a relative POSIX path under the folder)."""
+        if photo is None:
+            return {kind: self.root / f"palette.{kind}" for kind in ("png", "csv", "json")}
+        return {kind: self.photos / f"{photo}.palette.{kind}" for kind in ("png", "csv", "json")}
+
+
+def default_palette_output(target: str | Path) -> Path:
+    """outputs/palette/<name of the photo without its extension, or of the folder>, relative
+    to the working directory, like the pipeline's outputs: never next to the photos."""
+    target = Path(target)
+    name = (target.stem if target.is_file() else target.resolve().name) or "photos"
+    return Path("outputs") / "palette" / name
