@@ -19,8 +19,8 @@ K ?=
 LOSSES ?=
 CLUSTER_ARGS = --config $(call q,$(CONFIG)) $(if $(K),--k $(call q,$(K))) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
 
-.PHONY: install run features cluster represent sheets sweep evaluate export assign check-html test bench bench-extract \
-	bench-cluster bench-robust bench-map sample-data clean
+.PHONY: install run features cluster represent sheets sweep evaluate export assign palette check-html test bench \
+	bench-extract bench-cluster bench-robust bench-map bench-palette sample-data clean
 
 install: $(STAMP)
 
@@ -47,9 +47,10 @@ cluster: $(STAMP)
 represent: $(STAMP)
 	$(PY) -m pipeline represent --out $(call q,$(OUT)) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
 
-# make sheets [MAP_METHOD=umap]: the map page's projection (pca by default; umap, tsne need '.[map]')
+# make sheets [MAP_METHOD=umap] [NO_PALETTE=1]: the map page's projection (pca by default; umap, tsne need '.[map]');
+# NO_PALETTE=1 leaves out the clusters' colour strips (as [render] palette = false in the config)
 sheets: $(STAMP)
-	$(PY) -m pipeline render --out $(call q,$(OUT)) $(if $(LOSSES),--losses $(call q,$(LOSSES))) $(if $(MAP_METHOD),--map-method $(call q,$(MAP_METHOD)))
+	$(PY) -m pipeline render --out $(call q,$(OUT)) --config $(call q,$(CONFIG)) $(if $(LOSSES),--losses $(call q,$(LOSSES))) $(if $(MAP_METHOD),--map-method $(call q,$(MAP_METHOD))) $(if $(NO_PALETTE),--no-palette)
 
 # make dupes [THRESHOLD=0.9]: exact and near-duplicate photos -> duplicates.csv (opens no photo)
 .PHONY: dupes bench-dupes
@@ -74,16 +75,22 @@ assign: $(STAMP)
 	$(if $(NEW),,$(error make assign needs NEW=folder of new photos))
 	$(PY) -m pipeline assign $(call q,$(NEW)) --out $(call q,$(OUT)) --config $(call q,$(CONFIG)) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
 
+# make palette IMAGE=photo.jpg|folder [K=6] [LOSS=square] [SPACE=lab|rgb] [SEED=0] [PALETTE_OUT=dir]: the dominant
+# colours (swatch PNG, CSV, JSON) -> outputs/palette/<name>/ unless PALETTE_OUT is given; the photos are only read
+palette: $(STAMP)
+	$(if $(IMAGE),,$(error make palette needs IMAGE=a photo or a folder of photos))
+	$(PY) -m pipeline palette $(call q,$(IMAGE)) $(if $(K),--k $(call q,$(K))) $(if $(LOSS),--loss $(call q,$(LOSS))) $(if $(SPACE),--space $(call q,$(SPACE))) $(if $(SEED),--seed $(call q,$(SEED))) $(if $(PALETTE_OUT),--out $(call q,$(PALETTE_OUT)))
+
 # The colour commands work on one photo (default: the shipped data/colour/coffee-cup.png).
-# make quantize [IMAGE=photo.jpg] [K=16 | K=2,4,8,16,32] [LOSS=square] [SPACE=lab] [DITHER=floyd-steinberg] [TO=out.png]
+# make quantize [IMAGE=photo.jpg] [K=16 | K=2,4,8,16,32] [LOSS=square] [SPACE=lab] [DITHER=floyd-steinberg] [SEED=0] [TO=out.png]
 COLOUR_IMAGE = $(or $(IMAGE),data/colour/coffee-cup.png)
 .PHONY: quantize segment bench-colour
 quantize: $(STAMP)
-	$(PY) -m pipeline quantize $(call q,$(COLOUR_IMAGE)) $(if $(K),--k $(call q,$(K))) $(if $(LOSS),--loss $(call q,$(LOSS))) $(if $(SPACE),--space $(call q,$(SPACE))) $(if $(DITHER),--dither $(call q,$(DITHER))) $(if $(TO),-o $(call q,$(TO)))
+	$(PY) -m pipeline quantize $(call q,$(COLOUR_IMAGE)) $(if $(K),--k $(call q,$(K))) $(if $(LOSS),--loss $(call q,$(LOSS))) $(if $(SPACE),--space $(call q,$(SPACE))) $(if $(DITHER),--dither $(call q,$(DITHER))) $(if $(SEED),--seed $(call q,$(SEED))) $(if $(TO),-o $(call q,$(TO)))
 
-# make segment [IMAGE=photo.jpg] [K=8] [XY_WEIGHT=1] [LOSS=square] [TO=folder]
+# make segment [IMAGE=photo.jpg] [K=8] [XY_WEIGHT=1] [LOSS=square] [SEED=0] [TO=folder]
 segment: $(STAMP)
-	$(PY) -m pipeline segment $(call q,$(COLOUR_IMAGE)) $(if $(K),--k $(call q,$(K))) $(if $(XY_WEIGHT),--xy-weight $(call q,$(XY_WEIGHT))) $(if $(LOSS),--loss $(call q,$(LOSS))) $(if $(TO),-o $(call q,$(TO)))
+	$(PY) -m pipeline segment $(call q,$(COLOUR_IMAGE)) $(if $(K),--k $(call q,$(K))) $(if $(XY_WEIGHT),--xy-weight $(call q,$(XY_WEIGHT))) $(if $(LOSS),--loss $(call q,$(LOSS))) $(if $(SEED),--seed $(call q,$(SEED))) $(if $(TO),-o $(call q,$(TO)))
 
 # Crawls the site from index.html (every page it links inside OUT) in headless Chromium:
 # fails on an image that does not load, a broken link, a JavaScript error or a navigation
@@ -118,6 +125,12 @@ bench-robust: $(STAMP)
 bench: bench-dupes
 bench-dupes: $(STAMP)
 	$(PY) benchmarks/bench_dupes.py --photos $(call q,$(PHOTOS))
+
+# The palette of a 12 MP photo, timed stage by stage, and the sample's render with and without
+# the clusters' colour strips -> outputs/bench/palette.json
+bench: bench-palette
+bench-palette: $(STAMP)
+	$(PY) benchmarks/bench_palette.py --photos $(call q,$(PHOTOS))
 
 # Palettes of a 1 MP and a 12 MP photo (the shipped one, resized) against scikit-learn's KMeans and
 # MiniBatchKMeans: seconds and inertia over all pixels -> outputs/bench/colour.json

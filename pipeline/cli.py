@@ -81,6 +81,12 @@ def _add_cluster_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    help="a loss parameter, a number or auto, e.g. --param huber=0.05 (repeatable)")
 
 
+def _add_palette_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-palette", action="store_true",
+                   help="no strip of each cluster's dominant colours on the representatives sheet and the cluster "
+                        "pages (pipeline.toml: [render] palette = false)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="photoclust", description=(
         "Turn a folder of photos into clusters you can look at: VGG16 embeddings, "
@@ -125,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     ren.add_argument("--max-per-sheet", type=int, default=None, help="members drawn per cluster sheet (default 120)")
     ren.add_argument("--map-method", default="pca", help="projection of the map page (site/map.html): pca (default), "
                      "or umap / tsne with the optional extra: pip install 'photoclust[map]'")
+    _add_palette_option(ren)
+    _add_config(ren)
     ren.set_defaults(run=_run_render)
 
     run = sub.add_parser("run", parents=[waiting], help="extract, cluster, represent, dupes and render in one go")
@@ -133,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(run)
     _add_extract_options(run)
     _add_cluster_options(run, prefix="cluster-")
+    _add_palette_option(run)
     run.set_defaults(run=_run_all)
 
     swp = sub.add_parser("sweep", parents=[waiting], help="fit a range of k and suggest one (objective curve + silhouette)")
@@ -182,6 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
     asg.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
     asg.set_defaults(run=_run_assign)
 
+    pal = sub.add_parser("palette", parents=[waiting],
+                         help="the dominant colours of a photo, or of each photo of a folder and of the whole folder "
+                              "(swatch PNG, CSV, JSON); the photos are only read")
+    pal.add_argument("target", metavar="IMAGE_OR_FOLDER", help="a photo, or a folder of photos (searched recursively)")
+    pal.add_argument("--k", default="6", help="how many colours (default 6; fewer when the image has fewer)")
+    pal.add_argument("--loss", default="square",
+                     help="the k-means loss: square (default), absolute, huber, pseudo_huber, correntropy, "
+                          "epsilon_insensitive")
+    pal.add_argument("--space", default="lab",
+                     help="lab: cluster in CIELAB, where distance follows perceived difference (default); "
+                          "rgb: in sRGB 0-255")
+    pal.add_argument("--out", type=Path, default=None,
+                     help="folder for the palette files (default: outputs/palette/<photo or folder name>)")
+    pal.add_argument("--seed", default="0", help="k-means++ seed (default 0): the same seed gives the same bytes")
+    pal.set_defaults(run=_run_palette)
+
     qua = sub.add_parser("quantize", parents=[waiting],
                          help="a photo redrawn with k colours, saved as an indexed PNG; PSNR and file sizes")
     qua.add_argument("image", metavar="IMAGE", help="the photo (read only: never written over)")
@@ -219,8 +244,8 @@ def _add_colour_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss", default="square",
                    help="the clustering loss: square (default), absolute, huber, pseudo_huber, correntropy, "
                         "epsilon_insensitive (their parameters: auto)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the k-means++ restarts (and of segment's "
-                                                       "pixel sample); same seed, same output bytes")
+    p.add_argument("--seed", default="0", help="seed of the k-means++ restarts (and of segment's pixel sample; "
+                                                "default 0): the same seed gives the same bytes")
 
 
 def _parse_params(items: list[str]) -> dict[str, str] | None:
@@ -279,7 +304,9 @@ def _load(args: argparse.Namespace, extract: bool = False, cluster: bool = False
         params = _parse_params(args.param)
         if params:
             clu["params"] = params
-    return load_config(args.config, extract=ext, cluster=clu, flags=_cluster_flags(args))
+    ren = {"palette": False if getattr(args, "no_palette", False) else None}
+    return load_config(args.config, extract=ext, cluster=clu, render=ren,
+                       flags={**_cluster_flags(args), "render.palette": "--no-palette"})
 
 
 def _cluster_flags(args: argparse.Namespace) -> dict[str, str]:
@@ -319,7 +346,8 @@ def _cluster(cfg, out: Path, force: bool = False) -> int:
     return fitted
 
 
-def _render(out: Path, losses: list[str] | None, max_per_sheet: int | None, map_method: str = "pca") -> None:
+def _render(out: Path, losses: list[str] | None, max_per_sheet: int | None, map_method: str = "pca",
+            palette: bool = True) -> None:
     from .projection import check_method
     from .render import MAX_PER_SHEET, render_run
     from .report import write_index
@@ -327,7 +355,8 @@ def _render(out: Path, losses: list[str] | None, max_per_sheet: int | None, map_
     if max_per_sheet is not None and max_per_sheet < 1:
         raise UserError(f"--max-per-sheet must be at least 1, got {max_per_sheet}")
     check_method(map_method)
-    report = render_run(out, losses, max_per_sheet=max_per_sheet or MAX_PER_SHEET, log=_log, map_method=map_method)
+    report = render_run(out, losses, max_per_sheet=max_per_sheet or MAX_PER_SHEET, log=_log, map_method=map_method,
+                        palette=palette)
     for path, reason in report.missing[:5]:
         print(f"  not drawn: {path}: {reason}", file=sys.stderr)
     index = write_index(out)
@@ -382,9 +411,10 @@ def _run_dupes(args: argparse.Namespace) -> int:
 
 
 def _run_render(args: argparse.Namespace) -> int:
+    cfg = _load(args)
     out = _stage_out(args)
     with _locked(args, out):
-        _render(out, _losses(args.losses), args.max_per_sheet, args.map_method)
+        _render(out, _losses(args.losses), args.max_per_sheet, args.map_method, palette=cfg.render.palette)
     return 0
 
 
@@ -400,7 +430,7 @@ def _run_all(args: argparse.Namespace) -> int:
         from .dupes import dupes_run
 
         dupes_run(out, log=_log)
-        _render(out, list(cfg.cluster.losses), None)
+        _render(out, list(cfg.cluster.losses), None, palette=cfg.render.palette)
     return 0
 
 
@@ -466,6 +496,35 @@ def _run_assign(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_palette(args: argparse.Namespace) -> int:
+    from .layout import default_palette_output
+    from .palette import check_out, check_settings, palette_run
+
+    k = _integer(args.k, "--k", 1)
+    seed = _integer(args.seed, "--seed", 0)
+    check_settings(k, args.loss, args.space)
+    target = Path(args.target)
+    if not target.exists():
+        raise UserError(f"{target}: no such photo or folder")
+    out = args.out if args.out is not None else default_palette_output(target)
+    check_out(target, out)
+    with _locked(args, out, create=True):
+        report = palette_run(target, out, k=k, loss=args.loss, space=args.space, seed=seed, log=_log)
+    what = "the photo" if not target.is_dir() else f"{report.photos} photo(s) and the whole folder"
+    print(f"palette of {what}"
+          f"{f' ({len(report.unreadable)} unreadable, left out)' if report.unreadable else ''} -> {out}")
+    return 0
+
+
+def _integer(value: str, flag: str, minimum: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < minimum:
+        raise UserError(f"{flag} must be an integer >= {minimum}, got {value}")
+    return number
+
 def _colour_lock(args: argparse.Namespace, folder: Path, names: list[str]):
     """The lock of the folder a colour command writes its files `names` into: made when
     missing, marked as an output folder (which finding photos skips) only when it is
@@ -484,12 +543,13 @@ def _run_quantize(args: argparse.Namespace) -> int:
 
     ks, space, dither, loss = parse_ks(args.k), check_space(args.space), check_dither(args.dither), \
         check_loss(args.loss)
+    seed = _integer(args.seed, "--seed", 0)
     output = args.output if args.output is not None else default_output(Path(args.image), ks, loss, space, dither)
     check_output(Path(args.image), output)
     image = read_image(Path(args.image))
     with _colour_lock(args, output.parent, [output.name]):
         report = quantize_file(Path(args.image), ks, output, loss=loss, space=space, dither=dither,
-                               seed=args.seed, image=image, log=_log)
+                               seed=seed, image=image, log=_log)
     for line in report.lines(Path(args.image)):
         print(line)
     return 0
@@ -497,15 +557,17 @@ def _run_quantize(args: argparse.Namespace) -> int:
 
 def _run_segment(args: argparse.Namespace) -> int:
     from .losses import check_loss
-    from .segment import DEFAULT_FOLDER, check_k, check_outputs, check_xy_weight, segment_file
+    from .layout import SEGMENT_FOLDER
+    from .segment import check_k, check_outputs, check_xy_weight, segment_file
     from .quantize import read_image
 
     k, weight, loss = check_k(args.k), check_xy_weight(args.xy_weight), check_loss(args.loss)
-    folder = args.output if args.output is not None else DEFAULT_FOLDER
+    seed = _integer(args.seed, "--seed", 0)
+    folder = args.output if args.output is not None else SEGMENT_FOLDER
     paths = check_outputs(Path(args.image), folder)
     image = read_image(Path(args.image))
     with _colour_lock(args, folder, [p.name for p in paths]):
-        seg, paths = segment_file(Path(args.image), folder, k=k, xy_weight=weight, loss=loss, seed=args.seed,
+        seg, paths = segment_file(Path(args.image), folder, k=k, xy_weight=weight, loss=loss, seed=seed,
                                   image=image)
     shrunk = f" (the photo has too few distinct points for {k})" if seg.k < k else ""
     print(f"{seg.k} segments{shrunk}, largest {seg.sizes[0] / seg.sizes.sum():.0%} of the photo; fitted on "

@@ -16,6 +16,7 @@ is the Euclidean distance), so palettes cluster in Lab by default.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,9 +53,16 @@ def _f_inverse(t: np.ndarray) -> np.ndarray:
     return np.where(t > _DELTA, t ** 3, 3 * _DELTA ** 2 * (t - 4.0 / 29.0))
 
 
+# srgb_to_linear of the 256 levels of an 8-bit channel: uint8 colours are looked up, not
+# raised to the power 2.4 (the same numbers, several times faster for a photo's colours)
+_LINEAR_OF_LEVEL = srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0)
+
+
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """sRGB (..., 3), uint8 or floats in [0, 255], -> CIELAB (..., 3) float64 (D65)."""
-    xyz = srgb_to_linear(np.asarray(rgb, dtype=np.float64) / 255.0) @ SRGB_TO_XYZ.T
+    rgb = np.asarray(rgb)
+    linear = _LINEAR_OF_LEVEL[rgb] if rgb.dtype == np.uint8 else srgb_to_linear(rgb.astype(np.float64) / 255.0)
+    xyz = linear @ SRGB_TO_XYZ.T
     fx, fy, fz = (_f(xyz[..., i] / D65_WHITE[i]) for i in range(3))
     return np.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
 
@@ -99,7 +107,12 @@ def hex_code(rgb) -> str:
 def pixel_codes(image: np.ndarray) -> np.ndarray:
     """(h, w, 3) uint8 -> (h * w,) int32 codes r << 16 | g << 8 | b."""
     image = np.ascontiguousarray(image, dtype=np.uint8).reshape(-1, 3)
-    return (image[:, 0].astype(np.int32) << 16) | (image[:, 1].astype(np.int32) << 8) | image[:, 2]
+    codes = image[:, 0].astype(np.int32)  # built in place: one (h * w) int32 array, no temporaries
+    codes <<= 8
+    codes |= image[:, 1]
+    codes <<= 8
+    codes |= image[:, 2]
+    return codes
 
 
 def decode(codes: np.ndarray) -> np.ndarray:
@@ -123,9 +136,22 @@ class Colours:
         return int(self.counts.sum())
 
 
+# Up to this many pixels, colours are counted by sorting (np.unique), above it in a 2^24
+# table: the table costs ~55 ms however few the pixels (allocating and scanning 128 MB), the
+# sort grows with them (NumPy 2.4 on the 2-core development machine, random codes: 4,000
+# pixels 0.05 ms against 58 ms; 1 M 15 ms against 95 ms; 3 M 42 ms against 150 ms; a 12 MP
+# photo's 57 ms against 78 ms, where a sort without SIMD would be several times slower).
+_SORT_MAX_PIXELS = 1 << 22
+
+
 def colours_of(codes: np.ndarray) -> Colours:
-    """Distinct colours and counts of pixel codes, by one count over the 2^24 colours
-    (a 12 MP photo: ~40 ms and a 128 MB table, against ~1 s for np.unique's sort)."""
+    """Distinct colours and counts of pixel codes (ascending codes), by a sort for up to
+    `_SORT_MAX_PIXELS` pixels (thumbnails, small photos) and by one count over the 2^24
+    colours above (a 128 MB table: bounded whatever the photo)."""
+    codes = np.asarray(codes)
+    if codes.size <= _SORT_MAX_PIXELS:
+        present, counts = np.unique(codes, return_counts=True)
+        return Colours(present.astype(np.int64), counts.astype(np.int64))
     table = np.bincount(codes, minlength=1 << 24)
     present = np.flatnonzero(table)
     return Colours(present.astype(np.int64), table[present].astype(np.int64))
@@ -167,10 +193,28 @@ def _pooled(points: np.ndarray, colours: Colours) -> tuple[np.ndarray, np.ndarra
     return means.astype(np.float32), weight[used]
 
 
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Run the engine on one CPU thread. A colour fit is thousands of tiny (m, 3) steps, where
+    torch's worker threads cost more in synchronisation than they save, and far more when
+    other processes share the cores: a 6-colour fit of a 12 MP photo's colours took 0.18 to
+    0.29 s on one thread and 1.6 to 9.4 s on two, on the 2-core development machine under
+    load (benchmarks/bench_palette.py). The previous setting comes back afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def fit_colours(colours: Colours, k: int, loss: str = "square", space: str = "lab", *, seed: int = 0,
-                param: float | str = "auto", max_points: int = MAX_FIT_POINTS) -> ColourFit:
+                param: float | str = "auto", max_points: int = MAX_FIT_POINTS, n_init: int | None = None) -> ColourFit:
     """k colours for an image's colours under `loss` (`GeneralizedKMeans`, weighted by pixel
-    counts). Fewer distinct colours than k: each is its own center (k shrinks to them)."""
+    counts; `n_init` restarts, the engine's default when None). Fewer distinct colours than
+    k: each is its own center (k shrinks to them)."""
     from .kmeans import GeneralizedKMeans
 
     points = to_space(colours.rgb, space)
@@ -182,9 +226,11 @@ def fit_colours(colours: Colours, k: int, loss: str = "square", space: str = "la
             fit_points, fit_weights = points, weights
     else:
         fit_points, fit_weights = points, weights
-    model = GeneralizedKMeans(k, loss, param=param, seed=seed).fit(fit_points, sample_weight=fit_weights)
-    labels = model.predict(points)
-    per_colour = model.loss_to_center(points)
+    with _one_torch_thread():
+        restarts = {} if n_init is None else {"n_init": n_init}
+        model = GeneralizedKMeans(k, loss, param=param, seed=seed, **restarts).fit(fit_points, sample_weight=fit_weights)
+        labels = model.predict(points)
+        per_colour = model.loss_to_center(points)
     shares = np.bincount(labels, weights=weights, minlength=k) / weights.sum()
     return ColourFit(space, loss, model.cluster_centers_, from_space(model.cluster_centers_, space),
                      labels.astype(np.int16), shares, dict(model.params_), float((per_colour * weights).sum()))

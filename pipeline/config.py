@@ -21,7 +21,7 @@ RESIZE_MODES = ("crop", "squash")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 NORMALIZATIONS = ("l2", "none")
-SECTIONS = ("extract", "cluster")
+SECTIONS = ("extract", "cluster", "render")
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,15 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class RenderConfig:
+    palette: bool = True  # a strip of each cluster's dominant colours on the sheets and pages
+
+
+@dataclass(frozen=True)
 class Config:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
     source: str = "defaults"
 
 
@@ -66,7 +72,8 @@ Setting = tuple[Any, str]
 
 
 def load_config(path: Path | None = None, extract: dict[str, Any] | None = None,
-                cluster: dict[str, Any] | None = None, flags: dict[str, str] | None = None) -> Config:
+                cluster: dict[str, Any] | None = None, flags: dict[str, str] | None = None,
+                render: dict[str, Any] | None = None) -> Config:
     """Read `path` (default ./pipeline.toml when it exists), apply overrides, validate.
 
     Overrides whose value is None are ignored, so argparse defaults of None mean
@@ -85,7 +92,10 @@ def load_config(path: Path | None = None, extract: dict[str, Any] | None = None,
         given, _ = overrides.pop("params")
         params.update({loss: (value, f"--param {loss}") for loss, value in given.items()})
     clu.update(overrides)
-    return Config(extract=_validate_extract(ext), cluster=_validate_cluster(clu, params), source=source)
+    ren = _settings(raw, "render", RenderConfig, source)
+    ren.update(_overrides("render", render, flags))
+    return Config(extract=_validate_extract(ext), cluster=_validate_cluster(clu, params),
+                  render=_validate_render(ren), source=source)
 
 
 def _read_file(path: Path | None) -> tuple[dict[str, Any], str]:
@@ -107,7 +117,8 @@ def _settings(raw: dict[str, Any], name: str, cls: type, source: str) -> dict[st
     """The file's [name] table as {key: (value, "file: name.key")}, its keys checked."""
     unknown = set(raw) - set(SECTIONS)
     if unknown:
-        raise UserError(f"{source}: unknown section(s) {sorted(unknown)}; allowed: [extract], [cluster]")
+        raise UserError(f"{source}: unknown section(s) {sorted(unknown)}; allowed: "
+                        f"{', '.join(f'[{s}]' for s in SECTIONS)}")
     section = raw.get(name, {})
     if not isinstance(section, dict):
         raise UserError(f"{source}: {name} must be a table ([{name}] with its keys below it), "
@@ -176,6 +187,13 @@ def _text(setting: Setting, what: str) -> str:
     return value
 
 
+def _bool(setting: Setting) -> bool:
+    value, where = setting
+    if not isinstance(value, bool):
+        raise UserError(f"{where} must be true or false; got {_describe(value, where)}")
+    return value
+
+
 def _get(values: dict[str, Setting], defaults: Any, section: str, key: str) -> Setting:
     return values.get(key, (getattr(defaults, key), f"default {section}.{key}"))
 
@@ -193,6 +211,11 @@ def _validate_extract(values: dict[str, Setting]) -> ExtractConfig:
         device=_choice(get("device"), DEVICES),
         precision=_choice(get("precision"), PRECISIONS),
     )
+
+
+def _validate_render(values: dict[str, Setting]) -> RenderConfig:
+    cfg = RenderConfig()
+    return replace(cfg, palette=_bool(_get(values, cfg, "render", "palette")))
 
 
 def parse_param(value: Any, loss: str, where: str) -> float | str:

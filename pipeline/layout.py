@@ -11,6 +11,9 @@
   duplicates.json                                              the features duplicates.csv was made from
   assigned.csv                                                 new photos placed by `assign`
   sweep/<loss>.{csv,png,json}, evaluation.csv, evaluation_agreement.csv, evaluation/
+
+Outside a run's folder: `palette`'s folder (`PaletteLayout`), and the files of `quantize`
+and `segment` (`default_quantize_output`, `segment_outputs`), at the end of this module.
 """
 
 from __future__ import annotations
@@ -215,3 +218,64 @@ def default_output(photos: str | Path) -> Path:
 def is_output_folder(path: str | Path) -> bool:
     """Whether `path` is a photoclust output folder (its marker, or an older folder's cache key)."""
     return (Path(path) / OUTPUT_MARKER).is_file() or (Path(path) / LEGACY_OUTPUT_MARKER).is_file()
+
+
+# ----------------------------------------------------------------------------- `photoclust palette`
+
+@dataclass(frozen=True)
+class PaletteLayout:
+    """The folder `photoclust palette` writes (default `outputs/palette/<name>/`, see
+    `default_palette_output`); it holds the output marker, so finding photos never enters it.
+
+      palette.png, palette.csv, palette.json        the photo's palette, or the whole folder's
+      photos/<path>.palette.{png,csv,json}          each photo's, for a folder (<path> under it)
+    """
+    root: Path
+    SUFFIXES = (".palette.png", ".palette.csv", ".palette.json")
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def photos(self) -> Path:
+        return self.root / "photos"
+
+    def files(self, photo: str | None = None) -> dict[str, Path]:
+        """{"png", "csv", "json"}: the whole palette's files, or those of the photo at `photo`
+        (a relative POSIX path under the folder)."""
+        if photo is None:
+            return {kind: self.root / f"palette.{kind}" for kind in ("png", "csv", "json")}
+        return {kind: self.photos / f"{photo}.palette.{kind}" for kind in ("png", "csv", "json")}
+
+
+def default_palette_output(target: str | Path) -> Path:
+    """outputs/palette/<name of the photo without its extension, or of the folder>, relative
+    to the working directory, like the pipeline's outputs: never next to the photos."""
+    target = Path(target)
+    name = (target.stem if target.is_file() else target.resolve().name) or "photos"
+    return Path("outputs") / "palette" / name
+
+
+# ----------------------------------------------------------------------------- `photoclust quantize` and `segment`
+
+# Their default folders (relative to the working directory, like the pipeline's outputs; never
+# next to the photo). A folder the user gives with -o holds just the files below.
+QUANTIZE_FOLDER = Path("outputs") / "quantize"
+SEGMENT_FOLDER = Path("outputs") / "segment"
+
+
+def default_quantize_output(image: str | Path, ks: list[int], loss: str = "square", space: str = "lab",
+                            dither: str = "none") -> Path:
+    """outputs/quantize/<name>_k16.png (<name>_k2-4-8.png for a strip), the options that
+    differ from the defaults added: _<loss>, _rgb, _fs (Floyd-Steinberg)."""
+    name = Path(image).stem + "_k" + "-".join(str(k) for k in ks)
+    name += "" if loss == "square" else f"_{loss}"
+    name += "" if space == "lab" else f"_{space}"
+    name += "" if dither == "none" else "_fs"
+    return QUANTIZE_FOLDER / f"{name}.png"
+
+
+def segment_outputs(image: str | Path, folder: str | Path) -> tuple[Path, Path]:
+    """<folder>/<name>_labels.png (the label map) and <folder>/<name>_segments.png (the side-by-side)."""
+    stem = Path(image).stem
+    return Path(folder) / f"{stem}_labels.png", Path(folder) / f"{stem}_segments.png"

@@ -122,9 +122,9 @@ def _tiny(t: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------- shared center updates
 
 # Per-cluster sums of a chunk: up to this many clusters, one GEMM with the (k, rows) one-hot
-# (or weight) matrix beats index_add_ (2000 x 512, k=5: 2x; 200k x 512, k=50: 2x, measured
-# with benchmarks/bench_cluster.py); beyond it the GEMM's k-fold work loses.
-_ONE_HOT_MAX_K = 64
+# (or weight) matrix beats index_add_ (a 1024 x 512 chunk on 2 cores: about 2x faster at
+# k = 5 to 32 in float32 and float64, slower from k = 50: the GEMM does k times the work).
+_ONE_HOT_MAX_K = 32
 
 
 def _chunk_sums(values: torch.Tensor, labels: torch.Tensor, k: int, row_weights: torch.Tensor | None = None

@@ -32,7 +32,6 @@ from .errors import UserError
 DITHERS = ("none", "floyd-steinberg")
 MAX_K = 256  # a PNG palette holds at most 256 colours
 DEFAULT_K = 16
-DEFAULT_FOLDER = Path("outputs") / "quantize"
 # Floyd-Steinberg's shares of a pixel's error: right, down-left, down, down-right (sum 1)
 FS_RIGHT, FS_DOWN_LEFT, FS_DOWN, FS_DOWN_RIGHT = (np.float32(v / 16) for v in (7, 3, 5, 1))
 STRIP_TILE = 256  # the long side of a tile of the comparison strip (smaller images: pixel for pixel)
@@ -142,12 +141,10 @@ def read_image(path: Path) -> np.ndarray:
 
 def default_output(image: Path, ks: list[int], loss: str = "square", space: str = "lab",
                    dither: str = "none") -> Path:
-    """outputs/quantize/<name>_k16.png (the options that differ from the defaults in the name)."""
-    name = Path(image).stem + "_k" + "-".join(str(k) for k in ks)
-    name += "" if loss == "square" else f"_{loss}"
-    name += "" if space == "lab" else f"_{space}"
-    name += "" if dither == "none" else "_fs"
-    return DEFAULT_FOLDER / f"{name}.png"
+    """outputs/quantize/<name>_k16.png (`layout.default_quantize_output`)."""
+    from .layout import default_quantize_output
+
+    return default_quantize_output(image, ks, loss, space, dither)
 
 
 # ----------------------------------------------------------------------------- quantizing (pure)

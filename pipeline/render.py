@@ -45,6 +45,8 @@ INK = (30, 30, 30)
 MUTED = (110, 110, 110)
 MARK = (220, 40, 40)  # the representative's frame
 PLACEHOLDER = (235, 235, 235)
+STRIP_GAP, STRIP_HEIGHT = 5, 12  # a cluster's colour strip, under its thumbnail box
+STRIP_EDGE = (200, 200, 200)
 
 
 @dataclass
@@ -107,12 +109,26 @@ def shorten(text: str, face: ImageFont.ImageFont, width: float) -> str:
     return text[:head] + "…" + (text[-tail:] if tail else "")
 
 
+def strip_box(size: int = THUMB_PX) -> tuple[int, int, int, int]:
+    """(left, top, width, height) of a tile's colour strip inside the tile."""
+    return PAD, PAD + size + STRIP_GAP, size, STRIP_HEIGHT
+
+
 def tile(thumb: Image.Image | None, lines: list[str], face: ImageFont.ImageFont, *, marked: bool = False,
-         size: int = THUMB_PX) -> Image.Image:
-    """A cell: the thumbnail centred in a size x size box (a grey box when missing), captions below."""
+         size: int = THUMB_PX, strip: bool = False, palette=None) -> Image.Image:
+    """A cell: the thumbnail centred in a size x size box (a grey box when missing), captions below.
+    With `strip`, a band under the box holds `palette` (palette.Palette: bars as wide as its
+    shares; left blank when None)."""
     line_height = int(face.size if hasattr(face, "size") else 11) + 3
-    cell = Image.new("RGB", (size + 2 * PAD, size + 2 * PAD + line_height * len(lines)), BACKGROUND)
+    below = STRIP_GAP + STRIP_HEIGHT if strip else 0
+    cell = Image.new("RGB", (size + 2 * PAD, size + 2 * PAD + below + line_height * len(lines)), BACKGROUND)
     draw = ImageDraw.Draw(cell)
+    if strip and palette is not None:
+        from .palette import draw_strip
+
+        left, top, width, height = strip_box(size)
+        draw.rectangle([left - 1, top - 1, left + width, top + height], outline=STRIP_EDGE)  # shows a white bar
+        draw_strip(draw, (left, top, width, height), palette.rgb, palette.shares)
     if thumb is None:
         draw.rectangle([PAD, PAD, PAD + size - 1, PAD + size - 1], fill=PLACEHOLDER)
         draw.text((PAD + size // 2, PAD + size // 2), "not available", fill=MUTED, font=face, anchor="mm")
@@ -123,7 +139,7 @@ def tile(thumb: Image.Image | None, lines: list[str], face: ImageFont.ImageFont,
             draw.rectangle([x - 4, y - 4, x + thumb.width + 3, y + thumb.height + 3], outline=MARK, width=4)
     for i, line in enumerate(lines):
         color = INK if i == 0 else MUTED
-        draw.text((PAD, size + 2 * PAD + i * line_height - 2), shorten(display_name(line), face, size), fill=color,
+        draw.text((PAD, size + 2 * PAD + below + i * line_height - 2), shorten(display_name(line), face, size), fill=color,
                   font=face)
     return cell
 
@@ -243,6 +259,29 @@ class Thumbnails:
 
 # ----------------------------------------------------------------------------- the stage
 
+def cluster_palettes(frames: dict[str, pd.DataFrame], thumbs: Thumbnails, max_per_sheet: int) -> dict[str, dict]:
+    """{loss: {cluster: palette.Palette or None}}: each cluster's dominant colours, from the
+    thumbnails of the members its contact sheet draws (the nearest `max_per_sheet`, already
+    in memory: no photo is opened). Each thumbnail's pixels are binned once for every loss
+    (`palette.binned_colours`); the fit is seeded, so the same thumbnails give the same strip."""
+    from .palette import binned_colours, cluster_palette
+
+    binned: dict[str, object] = {}
+
+    def of(path: str):
+        if path not in binned:
+            image = thumbs[path]
+            binned[path] = binned_colours(image) if image is not None else None
+        return binned[path]
+
+    result: dict[str, dict] = {}
+    for loss, frame in frames.items():
+        shown = frame[frame["rank"] < max_per_sheet].sort_values(["cluster", "rank"], kind="stable")
+        result[loss] = {int(cluster): cluster_palette(b for b in map(of, members["path"]) if b is not None)
+                        for cluster, members in shown.groupby("cluster", sort=True)}
+    return result
+
+
 def _save(sheet: Image.Image, path: Path, report: RenderReport) -> None:
     atomic.write_with(path, lambda fh: sheet.save(fh, "PNG", optimize=False))
     report.sheets.append(path)
@@ -250,8 +289,10 @@ def _save(sheet: Image.Image, path: Path, report: RenderReport) -> None:
 
 def render_run(out_dir: Path, losses: list[str] | None = None, *, max_per_sheet: int = MAX_PER_SHEET,
                log: Callable[[str], None] = print, progress: bool | None = None,
-               map_method: str = "pca") -> RenderReport:
-    """Draw every sheet of `out_dir` (after `represent`), and the map (`map_method`: see projection.py)."""
+               map_method: str = "pca", palette: bool = True) -> RenderReport:
+    """Draw every sheet of `out_dir` (after `represent`), and the map (`map_method`: see projection.py).
+    With `palette`, each cluster's tile on the representatives sheet and its page get a strip
+    of its dominant colours, from the thumbnails its contact sheet draws (`cluster_palettes`)."""
     out_dir = Path(out_dir)
     layout = Layout(out_dir)
     chosen = losses or clustered_losses(out_dir)
@@ -280,6 +321,7 @@ def render_run(out_dir: Path, losses: list[str] | None = None, *, max_per_sheet:
     face = font(12)
     report = thumbs.report
     rep_cells: dict[str, list[tuple[int, int, Image.Image]]] = {}
+    palettes = cluster_palettes(frames, thumbs, max_per_sheet) if palette else None
     for loss, frame in frames.items():
         ordered = frame.sort_values(["cluster", "rank"])
         groups = list(ordered.groupby("cluster", sort=True))
@@ -287,7 +329,8 @@ def render_run(out_dir: Path, losses: list[str] | None = None, *, max_per_sheet:
         for cluster, members in groups:
             first = members.iloc[0]
             cells.append(tile(thumbs[first["path"]], [f"cluster {cluster} · {len(members)} photos",
-                                                      Path(first["path"]).name], face))
+                                                      Path(first["path"]).name], face, strip=palette,
+                              palette=palettes[loss].get(int(cluster)) if palettes else None))
             shown = members.head(max_per_sheet)
             member_cells = [tile(thumbs[row.path], [f"#{row.rank + 1}  loss {row.loss_to_center:.4g}",
                                                     Path(row.path).name], face, marked=row.rank == 0)
@@ -316,7 +359,7 @@ def render_run(out_dir: Path, losses: list[str] | None = None, *, max_per_sheet:
 
     # The browsable site: a page per cluster, the duplicates, outliers and assigned pages (site.py).
     pages = write_site(out_dir, frames, summaries, thumbs, source, known_paths=[e.path for e in embedded.entries],
-                       features_fingerprint=fingerprint, log=log, progress=progress)
+                       features_fingerprint=fingerprint, log=log, progress=progress, palettes=palettes)
     log(f"{len(pages)} pages -> {layout.site}")
 
     log(f"{len(report.sheets)} sheets -> {layout.sheets} ({report.thumbnails_made} thumbnails made, "

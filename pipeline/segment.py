@@ -41,7 +41,6 @@ BLOCK_PIXELS = 1 << 18
 DEFAULT_K = 8
 DEFAULT_XY_WEIGHT = 1.0
 MAX_XY_WEIGHT = 1000.0
-DEFAULT_FOLDER = Path("outputs") / "segment"
 PANEL = 1024  # the long side of each half of the side-by-side, at most (a smaller photo: pixel for pixel)
 BOUNDARY = (255, 255, 255)
 
@@ -194,8 +193,9 @@ def side_by_side(image: np.ndarray, seg: Segmentation):
 
 def outputs_for(image: Path, folder: Path) -> tuple[Path, Path]:
     """<folder>/<name>_labels.png (the label map) and <folder>/<name>_segments.png (side by side)."""
-    stem = Path(image).stem
-    return Path(folder) / f"{stem}_labels.png", Path(folder) / f"{stem}_segments.png"
+    from .layout import segment_outputs
+
+    return segment_outputs(image, folder)
 
 
 def check_outputs(image: Path, folder: Path) -> tuple[Path, Path]:

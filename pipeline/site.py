@@ -142,10 +142,20 @@ def _read(path: Path, columns: list[str], text_columns: list[str]) -> pd.DataFra
 
 # ----------------------------------------------------------------------------- the pages
 
+def palette_strip(palette) -> list[dict] | None:
+    """A cluster's dominant colours (palette.Palette) as the page draws them: hex code, share
+    as text and as a CSS flex weight."""
+    if palette is None:
+        return None
+    return [{"hex": code, "share": f"{100 * share:.1f}%", "weight": f"{share:.6f}"}
+            for code, share in zip(palette.hex, palette.shares)]
+
+
 def cluster_pages(layout: Layout, loss: str, frame: pd.DataFrame, summary: dict, photos: Photos,
-                  with_outliers: bool = False) -> list[Path]:
+                  with_outliers: bool = False, palettes: dict | None = None) -> list[Path]:
     """One page per cluster of `loss`: every member nearest first, prev/next around the clusters
-    (a link to the loss's outliers page `with_outliers`)."""
+    (a link to the loss's outliers page `with_outliers`; a strip of its dominant colours from
+    `palettes`, {cluster: palette.Palette})."""
     clusters = sorted(int(c) for c in frame["cluster"].unique())
     ordered = frame.sort_values(["cluster", "rank"], kind="stable")
     written = []
@@ -166,7 +176,8 @@ def cluster_pages(layout: Layout, loss: str, frame: pd.DataFrame, summary: dict,
             members=cards, overview=overview(page),
             prev=neighbour(-1) if len(clusters) > 1 else None, next=neighbour(1) if len(clusters) > 1 else None,
             sheet=link(page, sheet) if sheet.is_file() else None, assignments=link(page, layout.assignments(loss)),
-            outliers=link(page, outliers) if with_outliers else None))
+            outliers=link(page, outliers) if with_outliers else None,
+            palette=palette_strip((palettes or {}).get(cluster))))
     # Pages of clusters this clustering does not have (never ours to keep showing).
     folder = layout.cluster_pages(loss)
     for stale in sorted(folder.glob("cluster_*.html")):
@@ -257,11 +268,12 @@ def _remove(path: Path) -> None:
 def write_site(out_dir: Path, frames: dict[str, pd.DataFrame], summaries: dict[str, dict], thumbs, source: Path,
                *, known_paths: Iterable[str] = (), features_fingerprint: str | None = None,
                log: Callable[[str], None] = print,
-               progress: bool | None = None) -> list[Path]:
+               progress: bool | None = None, palettes: dict[str, dict] | None = None) -> list[Path]:
     """Every page of the site for the clusterings in `frames` (assignments with ranks, each
     current: render checked them), plus the pages of the CSVs that exist. `thumbs` is render's
     `Thumbnails` (the members' thumbnails prepared; others are made here); `known_paths` are
-    the manifest's paths, which duplicates.csv must stay within. Returns the pages written."""
+    the manifest's paths, which duplicates.csv must stay within; `palettes` ({loss: {cluster:
+    palette.Palette}}, from render) puts a colour strip on each cluster page. Returns the pages written."""
     layout = Layout(out_dir)
     photos = Photos(layout, source, thumbs)
     written: list[Path] = []
@@ -294,7 +306,8 @@ def write_site(out_dir: Path, frames: dict[str, pd.DataFrame], summaries: dict[s
     thumbs.prepare(sorted(set(extra)), progress)
 
     for loss, frame in frames.items():
-        written += cluster_pages(layout, loss, frame, summaries[loss], photos, outliers.get(loss) is not None)
+        written += cluster_pages(layout, loss, frame, summaries[loss], photos, outliers.get(loss) is not None,
+                                 (palettes or {}).get(loss))
     for loss in frames:
         if outliers.get(loss) is not None:
             written.append(outliers_page(layout, loss, outliers[loss], photos))

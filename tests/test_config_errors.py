@@ -58,6 +58,8 @@ def unit_rows() -> np.ndarray:
     ('extract = "x"\n', "cfg.toml: extract must be a table"),
     ("[extract]\nweights = 5\n", "cfg.toml: extract.weights must be"),
     ("[cluster.params]\nhuber = true\n", "cfg.toml: cluster.params.huber (delta) must be a positive number"),
+    ("[render]\npalette = 1\n", "cfg.toml: render.palette must be true or false; got 1"),
+    ("[render]\nstrips = false\n", "cfg.toml: unknown key(s) ['strips'] in [render]"),
 ])
 def test_a_file_value_of_the_wrong_type_names_its_key(tmp_path, capsys, text, names):
     config = write_toml(tmp_path, text)

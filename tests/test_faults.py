@@ -48,8 +48,8 @@ def runner():
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "torchvision", "pandas", "PIL.Image", "pipeline.cli", "pipeline.extract",
                                 "pipeline.cluster", "pipeline.render", "pipeline.report", "pipeline.site",
-                                "pipeline.export", "pipeline.assign", "pipeline.quantize", "pipeline.segment",
-                                "jinja2"])
+                                "pipeline.export", "pipeline.assign", "pipeline.palette", "pipeline.quantize",
+                                "pipeline.segment", "jinja2"])
 
     def run(argv: list[str], kill_at: int | None = None, log: Path | None = None, stderr: Path | None = None) -> int:
         env = {"PHOTOCLUST_KILL_AT": str(kill_at)} if kill_at else {}
@@ -240,6 +240,30 @@ def test_export_killed_at_every_write_point_gives_the_clean_folders(runner, extr
             assert not leftovers(target), name
     photos_after = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
     assert len([p for p in photos_after if p.endswith((".jpg", ".png"))]) == 3  # the photos are untouched
+
+
+def test_palette_killed_at_every_write_point_gives_the_clean_folder(runner, tmp_path):
+    """`palette` over a folder (a broken file among the photos): killed at any write point,
+    the rerun gives the clean run's files, and the photos are untouched."""
+    folder = tmp_path / "photos"
+    make_photos(folder, 1, seed=5)  # b/img_00.png
+    (folder / "a").mkdir()
+    (folder / "a" / "broken.jpg").write_bytes(b"not a photo")
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    argv = lambda target: ["palette", folder, "--out", target, "--k", "3"]
+    clean = tmp_path / "clean"
+    assert runner(argv(clean)) == 0
+    points = write_points(runner, argv(tmp_path / "probe"), tmp_path / "log")
+    assert any("palette.json" in p for p in points) and any("img_00.png.palette.png" in p for p in points)
+    for n, name in enumerate(points, start=1):
+        target = tmp_path / f"kill{n}"
+        assert runner(argv(target), kill_at=n) == -9, name
+        assert runner(argv(target)) == 0, name
+        assert_same_outputs(target, clean, skip=())
+        assert not leftovers(target), name
+        shutil.rmtree(target)
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert (clean / "palette.csv").is_file() and (clean / "photos" / "b" / "img_00.png.palette.json").is_file()
 
 
 def test_quantize_and_segment_killed_at_every_write_point_give_the_clean_files(runner, tmp_path):
