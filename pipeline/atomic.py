@@ -22,6 +22,18 @@ from . import faults
 TEMP_SUFFIX = ".photoclust-tmp"
 
 
+def _file_mode() -> int:
+    """The mode `open()` would give a new file under this process's umask (tempfile makes
+    its files 0600, which would leave a site or CSV unreadable to the web server or the
+    colleague it is meant for)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()
+
+
 def fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -45,7 +57,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:80]}.", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as exc:  # read-only folder, disk full: name the file the user knows
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
-    os.close(fd)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as fh:

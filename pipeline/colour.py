@@ -194,18 +194,26 @@ def _pooled(points: np.ndarray, colours: Colours) -> tuple[np.ndarray, np.ndarra
 
 
 @contextlib.contextmanager
-def _one_torch_thread():
-    """Run the engine on one CPU thread. A colour fit is thousands of tiny (m, 3) steps, where
-    torch's worker threads cost more in synchronisation than they save, and far more when
-    other processes share the cores: a 6-colour fit of a 12 MP photo's colours took 0.18 to
-    0.29 s on one thread and 1.6 to 9.4 s on two, on the 2-core development machine under
-    load (benchmarks/bench_palette.py). The previous setting comes back afterwards."""
+def one_thread():
+    """torch and NumPy's BLAS on one thread while a colour command computes (the settings
+    come back after). Its steps are many small ones (a weighted fit of some 20,000 colours,
+    3 x 3 colour transforms of 500,000 rows), where a second thread costs more in
+    synchronisation than it saves, and far more when other processes share the cores: on
+    the 2-core development machine under load, Lab conversion of a 12 MP photo's 464,000
+    colours took 120 ms with OpenBLAS on two threads and 1.3 ms on one."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - slower, same numbers
+        limits = contextlib.nullcontext()
+    else:
+        limits = threadpool_limits(limits=1, user_api="blas")
+    try:
+        with limits:
+            yield
     finally:
         torch.set_num_threads(before)
 
@@ -215,6 +223,11 @@ def fit_colours(colours: Colours, k: int, loss: str = "square", space: str = "la
     """k colours for an image's colours under `loss` (`GeneralizedKMeans`, weighted by pixel
     counts; `n_init` restarts, the engine's default when None). Fewer distinct colours than
     k: each is its own center (k shrinks to them)."""
+    with one_thread():  # the Lab conversion too: see one_thread
+        return _fit_colours(colours, k, loss, space, seed, param, max_points, n_init)
+
+
+def _fit_colours(colours, k, loss, space, seed, param, max_points, n_init) -> ColourFit:
     from .kmeans import GeneralizedKMeans
 
     points = to_space(colours.rgb, space)
@@ -226,11 +239,10 @@ def fit_colours(colours: Colours, k: int, loss: str = "square", space: str = "la
             fit_points, fit_weights = points, weights
     else:
         fit_points, fit_weights = points, weights
-    with _one_torch_thread():
-        restarts = {} if n_init is None else {"n_init": n_init}
-        model = GeneralizedKMeans(k, loss, param=param, seed=seed, **restarts).fit(fit_points, sample_weight=fit_weights)
-        labels = model.predict(points)
-        per_colour = model.loss_to_center(points)
+    restarts = {} if n_init is None else {"n_init": n_init}
+    model = GeneralizedKMeans(k, loss, param=param, seed=seed, **restarts).fit(fit_points, sample_weight=fit_weights)
+    labels = model.predict(points)
+    per_colour = model.loss_to_center(points)
     shares = np.bincount(labels, weights=weights, minlength=k) / weights.sum()
     return ColourFit(space, loss, model.cluster_centers_, from_space(model.cluster_centers_, space),
                      labels.astype(np.int16), shares, dict(model.params_), float((per_colour * weights).sum()))

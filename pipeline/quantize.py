@@ -16,7 +16,6 @@ palette colour nearest to it once the error of the pixels before it has been add
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
@@ -27,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import colour as C
+from .colour import one_thread
 from .errors import UserError
 
 DITHERS = ("none", "floyd-steinberg")
@@ -51,31 +51,6 @@ class Quantized:
     def pixels(self) -> np.ndarray:
         """(h, w, 3) uint8: the quantized image."""
         return self.palette[self.indices]
-
-
-@contextlib.contextmanager
-def one_thread():
-    """torch and NumPy's BLAS on one thread while a colour command computes (the settings
-    come back after). Its steps are many small ones (a weighted fit of some 20,000 colours,
-    3 x 3 colour transforms of 500,000 rows), where a second thread costs more in
-    synchronisation than it saves, and far more when other processes share the cores: on
-    the 2-core development machine under load, Lab conversion of a 12 MP photo's 464,000
-    colours took 120 ms with OpenBLAS on two threads and 1.3 ms on one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - slower, same numbers
-        limits = contextlib.nullcontext()
-    else:
-        limits = threadpool_limits(limits=1, user_api="blas")
-    try:
-        with limits:
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------- checks

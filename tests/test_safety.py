@@ -534,3 +534,17 @@ def test_make_features_quotes_a_photo_folder_with_spaces(tmp_path):
     assert real.returncode == 0, real.stderr
     assert [e.path for e in read_manifest(work / expected_out / "manifest.csv")] == ["a/img_01.jpg",
                                                                                      "b/img_00.png"]
+
+
+@pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_written_files_get_the_mode_the_users_umask_gives(tmp_path, umask, expected):
+    # atomic writes go through a temporary file, which tempfile creates 0600; the result
+    # must be readable by whoever the user's umask allows (a web server, a colleague)
+    target = tmp_path / "index.html"
+    code = ("import sys; from pathlib import Path; from pipeline import atomic; "
+            "atomic.write_text(Path(sys.argv[1]), 'page')")
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code, str(target)], check=True, cwd=root,
+                   preexec_fn=lambda: os.umask(umask))
+    assert target.read_text() == "page"
+    assert target.stat().st_mode & 0o777 == expected
