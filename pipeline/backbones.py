@@ -59,6 +59,7 @@ class Backbone:
     architecture: Callable[[], nn.Module]  # the network with untrained weights
     features: Callable[[nn.Module], nn.Module]  # network -> module whose output is the features
     versions: Callable[[], dict[str, str]] = dict  # extra library versions for the cache key
+    random_init: Callable[[nn.Module], None] = lambda net: None  # for --weights random (torchvision's own init)
 
     def build(self, weights: Weights) -> nn.Module:
         """The feature network with `weights`, in eval mode: (n, 3, h, w) -> (n, d, h', w') maps
@@ -84,7 +85,9 @@ class Backbone:
                 "(use only for tests and speed benchmarks)")
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                state = self.architecture().state_dict()
+                net = self.architecture()
+                self.random_init(net)
+                state = net.state_dict()
             return Weights(f"random:seed={seed}", state, self.preprocess(), semantic=False, model=self.name)
         if spec == "oxford":
             raise UserError(f"--weights oxford are VGG16's; --model {self.name} takes auto, imagenet, random or "
@@ -170,6 +173,20 @@ class _LiteFeatures(nn.Module):
         return self.net.extract_features(x)
 
 
+def he_init(net: nn.Module) -> None:
+    """He normal init on each conv's fan-in (a depthwise conv's is only k x k), BN as identity:
+    random features keep their scale through the blocks in eval mode. Under PyTorch's default
+    init, or torchvision's fan-out one, they shrink to about 1e-9 by the last stage."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def _lite_versions() -> dict[str, str]:
     try:
         return {"efficientnet_lite_pytorch": importlib.metadata.version("efficientnet-lite-pytorch")}
@@ -240,13 +257,13 @@ def _vit_class_token(net: nn.Module) -> nn.Module:
 
 
 def _torchvision(name: str, dim: int, features: Callable[[nn.Module], nn.Module], layer: str, licence: str,
-                 description: str) -> Backbone:
+                 description: str, random_init: Callable[[nn.Module], None] = lambda net: None) -> Backbone:
     return Backbone(
         name=name, description=description, licence=licence, feature_dim=dim,
         weights_from=f"torchvision's {name} DEFAULT checkpoint, torch hub cache (downloaded once when online)",
         weights_sha256="the first hex digits of it are in the checkpoint's file name; torch.hub checks them",
         model_id=f"torchvision.{name}.{layer}", preprocess=_tv_preprocess(name), pretrained=_tv_pretrained(name),
-        architecture=_tv_architecture(name), features=features)
+        architecture=_tv_architecture(name), features=features, random_init=random_init)
 
 
 TV_LICENCE = "BSD-3-Clause (torchvision); the weights are trained on ImageNet, see its terms for commercial use"
@@ -276,13 +293,13 @@ REGISTRY: dict[str, Backbone] = {b.name: b for b in [
         weights_sha256=LITE_SHA256,
         model_id="efficientnet_lite_pytorch.efficientnet-lite0.extract_features+global_avg_pool",
         preprocess=lite_preprocess, pretrained=lite_pretrained, architecture=lite_architecture,
-        features=_LiteFeatures, versions=_lite_versions),
+        features=_LiteFeatures, versions=_lite_versions, random_init=he_init),
     _torchvision("resnet18", 512, _conv_trunk, "layer4+global_avg_pool", TV_LICENCE,
                  "ResNet-18 (torchvision), 1.8 GFLOP per image"),
     _torchvision("resnet50", 2048, _conv_trunk, "layer4+global_avg_pool", TV_LICENCE,
                  "ResNet-50 (torchvision, IMAGENET1K_V2), 4.1 GFLOP per image"),
     _torchvision("efficientnet_b0", 1280, _dot_features, "features+global_avg_pool", TV_LICENCE,
-                 "EfficientNet-B0 (torchvision), 0.4 GFLOP per image"),
+                 "EfficientNet-B0 (torchvision), 0.4 GFLOP per image", random_init=he_init),
     _torchvision("convnext_tiny", 768, _dot_features, "features+global_avg_pool", TV_LICENCE,
                  "ConvNeXt-Tiny (torchvision), 4.5 GFLOP per image"),
     _torchvision("vit_b_16", 768, _vit_class_token, "encoder.class_token", TV_LICENCE,

@@ -173,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_out(ev)
     ev.add_argument("--labels", default="folder",
                     help="folder: the first folder under the photo root (default); or a CSV with path,label")
+    ev.add_argument("--models", default=None, metavar="A,B",
+                    help="compare backbones: embed the run's photos with each model (e.g. vgg16,efficientnet-lite0; "
+                         "each in models/<model>/ of the output folder, cached), cluster with the config's settings "
+                         "and print NMI per loss side by side (-> evaluation_models.csv)")
+    _add_config(ev)
     ev.set_defaults(run=_run_evaluate)
 
     exp = sub.add_parser("export", parents=[waiting], help="lay a clustering out as folders of links (or copies)")
@@ -469,6 +474,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .report import write_index
 
     out = _stage_out(args)
+    if args.models is not None:
+        return _evaluate_models(args, out)
     with _locked(args, out):
         result = evaluate_run(out, args.labels, log=_log)
         if Layout(out).index.is_file():
@@ -477,6 +484,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     best = result.table.sort_values("nmi", ascending=False).iloc[0]
     print(f"best NMI: {best['loss']} ({best['nmi']:.3f}); {int(best['labelled'])} labelled photos in "
           f"{int(best['classes'])} classes -> {out}/evaluation.csv")
+    return 0
+
+
+def _evaluate_models(args: argparse.Namespace, out: Path) -> int:
+    from .config import load_config
+    from .evaluate import evaluate_models
+
+    cfg = load_config(args.config)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    with _locked(args, out):
+        result = evaluate_models(out, models, cfg, args.labels, log=_log)
+    print(result.markdown)
+    print(f"-> {Layout(out).evaluation_models}")
     return 0
 
 
