@@ -180,3 +180,15 @@ def test_evaluate_models_scores_each_backbone_side_by_side(tmp_path):
     assert not [m for m in messages if m.startswith("decoding")]  # every model's cache is reused
     with pytest.raises(UserError, match="--models: unknown model 'vgg19'"):
         evaluate_models(out, ["vgg16", "vgg19"], cfg, photos=photos, log=messages.append)
+
+
+def test_lite0_folded_batch_norms_give_the_packages_own_features():
+    weights = backbones.resolve("efficientnet-lite0", "auto")  # real batch-norm statistics
+    ours = backbones.build(weights)
+    theirs = backbones.get("efficientnet-lite0").architecture()
+    theirs.load_state_dict(weights.state_dict)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = theirs.eval().extract_features(x)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in ours.modules())
+        torch.testing.assert_close(ours(x), expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
