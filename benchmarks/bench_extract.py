@@ -1,4 +1,5 @@
-"""Extraction throughput and precision, in one run on one machine (compare ratios, not runs):
+"""Extraction throughput and precision of each backbone (VGG16 and EfficientNet-Lite0 by
+default), side by side in one run on one machine (compare ratios, not runs):
 
 - the sample, end to end (decode in workers + model + commit) under each precision, next
   to the bare model forward on the same batch size, and a rerun that finds nothing new;
@@ -8,13 +9,15 @@
 - bf16 against fp32: per-image cosine of the embeddings and, per loss, the agreement
   (ARI) of the clusterings of the sample under the two precisions.
 
-    python benchmarks/bench_extract.py [--photos data/sample] [--weights auto] [--device auto]
+    python benchmarks/bench_extract.py [--photos data/sample] [--models vgg16,efficientnet-lite0]
+                                       [--weights auto] [--device auto]
 writes outputs/bench/extract.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -36,7 +39,7 @@ from pipeline.images import open_rgb  # noqa: E402
 from pipeline.kmeans import GeneralizedKMeans, resolve_device  # noqa: E402
 from pipeline.losses import LOSS_NAMES  # noqa: E402
 from pipeline.metrics import ari  # noqa: E402
-from pipeline.weights import build_features_model, resolve_weights  # noqa: E402
+from pipeline import backbones  # noqa: E402
 
 LARGE_JPEGS = 48
 LARGE_SIZE = (4000, 3000)
@@ -62,18 +65,22 @@ def end_to_end(photos: Path, out: Path, cfg) -> dict:
             "no_change_rerun_seconds": round(time.perf_counter() - started, 3)}
 
 
-def bare_forward(model, weights, device, half, batch_size: int, n: int) -> float:
-    """Images per second of the model alone: random pixels, same batch size and normalisation."""
+def bare_forward(model, weights, device, half, batch_size: int, n: int, repeats: int = 3) -> float:
+    """Images per second of the model alone: random pixels, same batch size and normalisation;
+    the best of `repeats` rounds of n images (on a shared machine the others' load only slows)."""
     batch = torch.randint(0, 256, (batch_size, 3, 224, 224), dtype=torch.uint8, device=device)
+    rates = []
     with torch.inference_mode():
         embed_batch(model, weights.preprocess.normalize(batch), half)  # warm-up
         _sync(device)
-        start, seen = time.perf_counter(), 0
-        while seen < n:
-            embed_batch(model, weights.preprocess.normalize(batch), half)
-            seen += batch_size
-        _sync(device)
-    return seen / (time.perf_counter() - start)
+        for _ in range(repeats):
+            start, seen = time.perf_counter(), 0
+            while seen < n:
+                embed_batch(model, weights.preprocess.normalize(batch), half)
+                seen += batch_size
+            _sync(device)
+            rates.append(seen / (time.perf_counter() - start))
+    return max(rates)
 
 
 def _sync(device) -> None:
@@ -127,55 +134,100 @@ def agreement(fp32: np.ndarray, bf16: np.ndarray, k: int = 4) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--photos", default="data/sample")
-    parser.add_argument("--weights", default=None)
+    parser.add_argument("--models", default="vgg16,efficientnet-lite0",
+                        help="comma-separated backbones, measured side by side in the same run")
+    parser.add_argument("--weights", default=None, help="VGG16's weights (the other models: their own)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     args = parser.parse_args()
-    cfg = load_config(None, extract=dict(weights=args.weights, device=args.device, batch_size=args.batch_size)).extract
-    device = resolve_device(cfg.device, prefer_mps=True)
-    weights = resolve_weights(cfg.weights, log=lambda m: None)
-    model = build_features_model(weights).to(device).to(memory_format=torch.channels_last)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    base = load_config(None, extract=dict(weights=args.weights, device=args.device, batch_size=args.batch_size)).extract
+    device = resolve_device(base.device, prefer_mps=True)
     photos = Path(args.photos)
-    result = {"photos": str(photos), "weights": weights.id, "device": str(device), "batch_size": cfg.batch_size,
-              "workers": cfg.workers or "auto", "sample": {}}
-    features = {}
+    loaded = {}
+    for name in models:
+        cfg = replace(base, model=name, weights=base.weights if name == "vgg16" else "auto")
+        weights = backbones.resolve(name, cfg.weights, log=lambda m: None)
+        loaded[name] = (cfg, weights, backbones.build(weights).to(device).to(memory_format=torch.channels_last))
+    result = {"photos": str(photos), "device": str(device), "batch_size": base.batch_size,
+              "workers": base.workers or "auto", "load_average_before": _load(), "models": {}}
+    features: dict[str, dict] = {name: {} for name in models}
     with tempfile.TemporaryDirectory() as tmp:
+        # precision outside, model inside: the models are measured close together in time, so a
+        # change in the machine's load between them costs less of the comparison
         for precision in ("auto", "fp32"):
-            run_cfg = replace(cfg, precision=precision)
-            half = autocast_dtype(precision, device, log=lambda m: None)
-            out = Path(tmp) / precision
-            case = end_to_end(photos, out, run_cfg)
-            case["bare_model_images_per_s"] = round(bare_forward(model, weights, device, half, cfg.batch_size,
-                                                                 case["images"]), 2)
-            case["ratio_end_to_end_to_model"] = round(case["images_per_s"] / case["bare_model_images_per_s"], 3)
-            case["precision"] = precision_name(half)
-            result["sample"][precision] = case
-            features[precision_name(half)] = load_embedded(out).features
-            print(f"sample, {precision} ({case['precision']}): {case['images_per_s']} img/s end to end, "
-                  f"bare model {case['bare_model_images_per_s']} img/s", flush=True)
+            for name in models:
+                cfg, weights, model = loaded[name]
+                entry = result["models"].setdefault(name, {"weights": weights.id,
+                                                           "feature_dim": backbones.feature_dim(weights),
+                                                           "sample": {}})
+                run_cfg = replace(cfg, precision=precision)
+                half = autocast_dtype(precision, device, log=lambda m: None)
+                out = Path(tmp) / f"{name}-{precision}"
+                case = end_to_end(photos, out, run_cfg)
+                case["bare_model_images_per_s"] = round(bare_forward(model, weights, device, half, base.batch_size,
+                                                                     case["images"]), 2)
+                case["ratio_end_to_end_to_model"] = round(case["images_per_s"] / case["bare_model_images_per_s"], 3)
+                case["precision"] = precision_name(half)
+                entry["sample"][precision] = case
+                features[name][precision_name(half)] = load_embedded(out).features
+                print(f"{name}, sample, {precision} ({case['precision']}): {case['images_per_s']} img/s end to end, "
+                      f"bare model {case['bare_model_images_per_s']} img/s", flush=True)
 
         half = autocast_dtype("auto", device, log=lambda m: None)
         large = Path(tmp) / "large"
         make_large_jpegs(large, sorted(photos.rglob("*.jpg")), LARGE_JPEGS)
-        case = end_to_end(large, Path(tmp) / "large-out", replace(cfg, precision="auto"))
-        case["bare_model_images_per_s"] = round(bare_forward(model, weights, device, half, cfg.batch_size,
-                                                             case["images"]), 2)
-        case["ratio_end_to_end_to_model"] = round(case["images_per_s"] / case["bare_model_images_per_s"], 3)
-        case["megapixels"] = LARGE_SIZE[0] * LARGE_SIZE[1] / 1e6
-        case["mean_file_mb"] = round(np.mean([p.stat().st_size for p in large.iterdir()]) / 1e6, 2)
-        case["split_one_process"] = time_split(sorted(large.iterdir())[:16], model, weights, device, half,
-                                               cfg.resize, cfg.batch_size)
-        result["large_jpegs"] = case
-        print(f"large JPEGs: {case['images_per_s']} img/s end to end, bare model {case['bare_model_images_per_s']} "
-              f"img/s; per image {case['split_one_process']}", flush=True)
+        for name in models:
+            cfg, weights, model = loaded[name]
+            case = end_to_end(large, Path(tmp) / f"large-out-{name}", replace(cfg, precision="auto"))
+            case["bare_model_images_per_s"] = round(bare_forward(model, weights, device, half, base.batch_size,
+                                                                 case["images"]), 2)
+            case["ratio_end_to_end_to_model"] = round(case["images_per_s"] / case["bare_model_images_per_s"], 3)
+            case["megapixels"] = LARGE_SIZE[0] * LARGE_SIZE[1] / 1e6
+            case["mean_file_mb"] = round(np.mean([p.stat().st_size for p in large.iterdir()]) / 1e6, 2)
+            case["split_one_process"] = time_split(sorted(large.iterdir())[:16], model, weights, device, half,
+                                                   cfg.resize, base.batch_size)
+            result["models"][name]["large_jpegs"] = case
+            print(f"{name}, large JPEGs: {case['images_per_s']} img/s end to end, bare model "
+                  f"{case['bare_model_images_per_s']} img/s; per image {case['split_one_process']}", flush=True)
 
-    if {"bfloat16", "float32"} <= set(features):
-        result["bf16_vs_fp32"] = agreement(features["float32"], features["bfloat16"])
-        print(f"bf16 vs fp32: {result['bf16_vs_fp32']}")
+    for name in models:
+        if {"bfloat16", "float32"} <= set(features[name]):
+            result["models"][name]["bf16_vs_fp32"] = agreement(features[name]["float32"], features[name]["bfloat16"])
+            print(f"{name}, bf16 vs fp32: {result['models'][name]['bf16_vs_fp32']}")
+    result["side_by_side"] = side_by_side(result["models"], models[0])
+    for row in result["side_by_side"]:
+        print(row)
+    result["load_average_after"] = _load()
     result["note"] = ("end to end = images / time from the first decode to the last batch written; bare model = "
-                      "the same batch size of random pixels through the same model and normalisation; "
-                      "split = each step for 16 large JPEGs, one after the other in one process")
+                      "the same batch size of random pixels through the same model and normalisation, best of 3 rounds; "
+                      "split = each step for 16 large JPEGs, one after the other in one process; "
+                      f"x_{models[0]} = images/s relative to {models[0]} in this same run")
     print(f"-> {write_result('extract', result)}")
+
+
+def side_by_side(measured: dict, reference: str) -> list[dict]:
+    """Images per second of every model next to each other, and as a multiple of `reference`'s."""
+    rows = []
+    for name, entry in measured.items():
+        row = {"model": name, "feature_dim": entry["feature_dim"]}
+        for where, case in (("sample_auto", entry["sample"]["auto"]), ("sample_fp32", entry["sample"]["fp32"]),
+                            ("large_jpegs", entry.get("large_jpegs"))):
+            if case is None:
+                continue
+            ref = measured[reference]["sample"][where.split("_")[1]] if where.startswith("sample") \
+                else measured[reference].get("large_jpegs")
+            row[f"{where}_end_to_end"] = case["images_per_s"]
+            row[f"{where}_bare"] = case["bare_model_images_per_s"]
+            row[f"{where}_end_to_end_x_{reference}"] = round(case["images_per_s"] / ref["images_per_s"], 2)
+            row[f"{where}_bare_x_{reference}"] = round(case["bare_model_images_per_s"]
+                                                       / ref["bare_model_images_per_s"], 2)
+        rows.append(row)
+    return rows
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 if __name__ == "__main__":

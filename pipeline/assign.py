@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .cache import FEATURE_DIM, OK, load_embedded, read_key
+from . import backbones
+from .cache import OK, load_embedded, read_key
 from .cluster import check_current, normalize_features, read_summary
 from .config import ExtractConfig
 from .errors import UserError
@@ -61,18 +62,22 @@ class Embedding:
     device: torch.device
 
 
-def _weights_spec(weights_id: str) -> tuple[str, int] | None:
+def _weights_spec(weights_id: str, model: str = "vgg16") -> tuple[str, int] | None:
     """The --weights value (and seed) that loads the weights of this cache key id, if it can be told."""
     from .weights import OXFORD_ID
 
+    seeded = re.fullmatch(r"random:seed=(-?\d+)", weights_id)
+    if seeded:
+        return "random", int(seeded.group(1))
+    if weights_id.startswith("file:"):
+        return None  # a state-dict file: only the user knows where it is
+    if model != "vgg16":
+        return "auto", 0  # the model's own pretrained weights
     if weights_id.startswith("torchvision:"):
         return "imagenet", 0
     if weights_id == OXFORD_ID:
         return "oxford", 0
-    seeded = re.fullmatch(r"random:seed=(-?\d+)", weights_id)
-    if seeded:
-        return "random", int(seeded.group(1))
-    return None  # a state-dict file: only the user knows where it is
+    return None
 
 
 def _differences(run: dict, here: dict, prefix: str = "") -> list[str]:
@@ -92,18 +97,22 @@ def reproduce_embedding(out_dir: Path, cfg: ExtractConfig, weights: str | None =
     features, or a one-line UserError saying why they cannot be had here."""
     from .extract import cache_key, native_bf16
     from .kmeans import resolve_device
-    from .weights import resolve_weights
 
     key = read_key(out_dir)
     if not key or "weights" not in key or "precision" not in key:
         raise UserError(f"{Layout(out_dir).cache_key} is missing or unreadable, so the run's model is unknown; run "
                         f"`photoclust extract PHOTOS --out {out_dir}` again first")
-    run_spec = _weights_spec(str(key["weights"]))
+    backbone = backbones.by_model_id(str(key.get("model", "")))
+    if backbone is None:
+        raise UserError(f"{Layout(out_dir).cache_key}: the run was embedded with the model {key.get('model')!r}, which "
+                        f"this photoclust does not know ({', '.join(backbones.MODEL_NAMES)}); run `photoclust extract "
+                        f"PHOTOS --out {out_dir}` again first")
+    run_spec = _weights_spec(str(key["weights"]), backbone.name)
     if weights is None and run_spec is None:
         raise UserError(f"the run in {out_dir} was embedded with the weights file {key['weights']}: pass the "
                         "same file with --weights PATH")
     # --weights random takes the run's seed: the seed is part of those weights
-    loaded = resolve_weights(weights or run_spec[0], seed=run_spec[1] if run_spec else 0, log=log)
+    loaded = backbone.load(weights or run_spec[0], seed=run_spec[1] if run_spec else 0, log=log)
     if loaded.id != key["weights"]:
         raise UserError(f"--weights {weights} gives the weights {loaded.id}, but the run in {out_dir} was embedded "
                         f"with {key['weights']}; new photos must be embedded with the run's own weights")
@@ -171,7 +180,8 @@ def embed_new(folder: Path, out_dir: Path, cfg: ExtractConfig, embedding: Embedd
                     rows.append(row)
                 else:
                     unreadable.append((entry.path, entry.reason))
-    features = np.stack(rows).astype(np.float32) if rows else np.empty((0, FEATURE_DIM), np.float32)
+    dim = backbones.feature_dim(embedding.weights)
+    features = np.stack(rows).astype(np.float32) if rows else np.empty((0, dim), np.float32)
     return paths, features, sorted(unreadable)
 
 
@@ -206,7 +216,7 @@ def _round(values: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- the stage
 
-def _clustering(out_dir: Path, loss: str, fingerprint: str) -> tuple[dict, np.ndarray, float | None]:
+def _clustering(out_dir: Path, loss: str, fingerprint: str, dim: int) -> tuple[dict, np.ndarray, float | None]:
     summary = check_current(out_dir, loss, fingerprint)
     path = Layout(out_dir).centers(loss)
     again = f"run `photoclust cluster --out {out_dir} --losses {loss} --force`"
@@ -214,7 +224,7 @@ def _clustering(out_dir: Path, loss: str, fingerprint: str) -> tuple[dict, np.nd
         centers = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise UserError(f"{path}: cannot read it ({exc}); {again}") from None
-    if centers.ndim != 2 or centers.shape != (int(summary.get("k", -1)), FEATURE_DIM):
+    if centers.ndim != 2 or centers.shape != (int(summary.get("k", -1)), dim):
         raise UserError(f"{path}: {centers.shape} centers do not fit its summary.json (k={summary.get('k')}); {again}")
     params = summary.get("params") or {}
     return summary, centers, (float(next(iter(params.values()))) if params else None)
@@ -229,7 +239,8 @@ def assign_run(out_dir: Path, new: Path, cfg: ExtractConfig, *, losses: list[str
     layout = Layout(out_dir)
     embedded = load_embedded(out_dir)
     chosen = chosen_clusterings(out_dir, losses)
-    clusterings = {loss: _clustering(out_dir, loss, embedded.fingerprint) for loss in chosen}
+    clusterings = {loss: _clustering(out_dir, loss, embedded.fingerprint, embedded.features.shape[1])
+                   for loss in chosen}
     embedding = reproduce_embedding(out_dir, cfg, weights, log)
     paths, features, unreadable = embed_new(new, out_dir, cfg, embedding, log, progress)
     for path, reason in unreadable:

@@ -1,6 +1,7 @@
 """The features cache of one output folder: boring, inspectable files, committed as one unit.
 
-  features.npy    float32 (n, 512); row i belongs to row i of manifest.csv; rows of files
+  features.npy    float32 (n, d), d the model's feature dimension (VGG16 512,
+                  EfficientNet-Lite0 1280; cache_key.json's feature_dim); row i belongs to row i of manifest.csv; rows of files
                   that could not be decoded are NaN
   manifest.csv    path (relative, POSIX), size, mtime_ns, sha1, status (ok|unreadable), reason
   features.json   the commit record: the SHA-256 of features.npy and of manifest.csv as
@@ -34,7 +35,7 @@ from .errors import UserError
 from .layout import Layout
 from .tables import read_rows, write_csv
 
-FEATURE_DIM = 512
+DEFAULT_FEATURE_DIM = 512  # VGG16's; a cache's own dimension is its key's feature_dim
 OK, UNREADABLE = "ok", "unreadable"
 RECORD_FORMAT = 1
 
@@ -70,8 +71,20 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
         return hashlib.file_digest(fh, algorithm).hexdigest()
 
 
-def _empty() -> tuple[list[Entry], np.ndarray]:
-    return [], np.empty((0, FEATURE_DIM), np.float32)
+def _empty(dim: int) -> tuple[list[Entry], np.ndarray]:
+    return [], np.empty((0, dim), np.float32)
+
+
+def feature_dim(out_dir: Path) -> int | None:
+    """The feature dimension the active cache key promises (the model's), None when no key says."""
+    try:
+        return int(read_key(out_dir)["feature_dim"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _fits(features: np.ndarray, rows: int, dim: int | None) -> bool:
+    return features.ndim == 2 and features.shape[0] == rows and (dim is None or features.shape[1] == dim)
 
 
 def _pending(path: Path) -> Path:
@@ -148,7 +161,7 @@ def load_cache(out_dir: Path, repair: bool = True) -> tuple[list[Entry], np.ndar
                                "to vouch for them (an older photoclust or a damaged folder)")
         if repair:
             _drop_pending(layout)
-        return _empty()
+        return _empty(feature_dim(out_dir) or DEFAULT_FEATURE_DIM)
     try:
         record = json.loads(layout.record.read_text(encoding="utf-8"))
         expected = {name: str(record[name]) for _, name in pairs}
@@ -173,7 +186,7 @@ def load_cache(out_dir: Path, repair: bool = True) -> tuple[list[Entry], np.ndar
         features = np.load(layout.features, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise CacheDamaged(f"{layout.features.name} cannot be read ({exc})") from None
-    if features.dtype != np.float32 or features.shape != (len(entries), FEATURE_DIM) or len(entries) != rows:
+    if features.dtype != np.float32 or not _fits(features, len(entries), feature_dim(out_dir)) or len(entries) != rows:
         raise CacheDamaged(f"{layout.features.name} {features.shape} does not fit {layout.manifest.name} "
                            f"({len(entries)} rows)")
     return entries, features
@@ -223,7 +236,7 @@ def write_cache(out_dir: Path, entries: list[Entry], features: np.ndarray) -> No
     """Commit `entries` and their `features` as one unit (see the module docstring)."""
     layout = Layout(out_dir)
     features = np.ascontiguousarray(features, dtype=np.float32)
-    if features.shape != (len(entries), FEATURE_DIM):
+    if not _fits(features, len(entries), feature_dim(out_dir)):
         raise ValueError(f"{features.shape} features for {len(entries)} manifest rows")
     atomic.save_npy(_pending(layout.features), features)
     write_csv(_pending(layout.manifest), MANIFEST_COLUMNS, [astuple(e) for e in entries])
@@ -285,12 +298,13 @@ class Journal:
 
     def __init__(self, out_dir: Path):
         self.dir = Layout(out_dir).journal
+        self.dim = feature_dim(out_dir) or DEFAULT_FEATURE_DIM  # the journal moves with its key (_cache_files)
         self.rows_path = self.dir / "rows.f32"
         self.lines_path = self.dir / "entries.jsonl"
 
     def read(self) -> tuple[list[Entry], np.ndarray]:
         if not (self.rows_path.is_file() and self.lines_path.is_file()):
-            return _empty()
+            return _empty(self.dim)
         entries = []
         for line in self.lines_path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
             if not line.endswith("\n"):
@@ -300,8 +314,8 @@ class Journal:
             except (json.JSONDecodeError, TypeError):
                 break
         raw = np.fromfile(self.rows_path, dtype=np.float32)
-        n = min(len(entries), raw.size // FEATURE_DIM)
-        return entries[:n], raw[: n * FEATURE_DIM].reshape(n, FEATURE_DIM).copy()
+        n = min(len(entries), raw.size // self.dim)
+        return entries[:n], raw[: n * self.dim].reshape(n, self.dim).copy()
 
     def append(self, entries: list[Entry], rows: np.ndarray) -> None:
         import os

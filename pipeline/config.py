@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .backbones import MODEL_NAMES
 from .errors import UserError
 from .losses import LOSS_NAMES, PARAM_NAME
 
@@ -26,6 +27,7 @@ SECTIONS = ("extract", "cluster", "render")
 
 @dataclass(frozen=True)
 class ExtractConfig:
+    model: str = "vgg16"  # a backbones.REGISTRY name: vgg16 | efficientnet-lite0 | resnet50 | ...
     weights: str = "auto"
     resize: str = "crop"
     batch_size: int = 16
@@ -204,6 +206,7 @@ def _validate_extract(values: dict[str, Setting]) -> ExtractConfig:
     workers = _int(get("workers"), 0, auto="auto") if "workers" in values else None
     return replace(
         cfg,
+        model=_choice(get("model"), MODEL_NAMES),
         weights=_text(get("weights"), "auto, imagenet, oxford, random or the path of a VGG16 state dict"),
         resize=_choice(get("resize"), RESIZE_MODES),
         batch_size=_int(get("batch_size"), 1),

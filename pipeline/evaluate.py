@@ -135,3 +135,65 @@ def evaluate_run(out_dir: Path, labels: str | Path | None = None, *,
     if table["classes"].min() < 2:
         log("warning: fewer than two labels among the photos: the scores say little")
     return Evaluation(table, agreement, markdown_table(table))
+
+
+# ----------------------------------------------------------------------------- backbones side by side
+
+MODEL_COLUMNS = ["model", "feature_dim", *METRIC_COLUMNS]
+
+
+@dataclass
+class ModelsEvaluation:
+    table: pd.DataFrame  # one row per (model, loss), MODEL_COLUMNS
+    markdown: str
+
+
+def models_markdown(table: pd.DataFrame) -> str:
+    """NMI per loss (rows) and model (columns), and each model's mean over the losses."""
+    models = list(dict.fromkeys(table["model"]))
+    nmi = table.pivot(index="loss", columns="model", values="nmi")
+    losses = list(dict.fromkeys(table["loss"]))
+    lines = ["| loss | " + " | ".join(f"NMI {m}" for m in models) + " |", "|---" * (len(models) + 1) + "|"]
+    lines += [f"| {loss} | " + " | ".join(f"{nmi.loc[loss, m]:.3f}" for m in models) + " |" for loss in losses]
+    lines.append("| mean | " + " | ".join(f"{nmi[m].mean():.3f}" for m in models) + " |")
+    return "\n".join(lines)
+
+
+def evaluate_models(out_dir: Path, models: list[str], cfg, labels: str | Path | None = None, *,
+                    photos: Path | None = None, seed: int = 0, log: Callable[[str], None] = print,
+                    progress: bool | None = None) -> ModelsEvaluation:
+    """Embed the run's photos with each of `models` (each in its own output folder,
+    models/<model>/, so the run itself is never changed and a rerun reuses every cache),
+    cluster them with the run's configuration (`cfg`, a config.Config) and score them
+    against the labels. Writes evaluation_models.csv; returns the table and a markdown
+    table of NMI per loss side by side."""
+    from dataclasses import replace
+
+    from . import backbones
+    from .cluster import cluster_run
+    from .extract import extract_folder
+
+    out_dir = Path(out_dir)
+    layout = Layout(out_dir)
+    if not models:
+        raise UserError(f"--models is empty; name two or more of {', '.join(backbones.MODEL_NAMES)}")
+    if len(set(models)) != len(models):
+        raise UserError(f"--models names a model twice: {', '.join(models)}")
+    entries = [backbones.get(m, "--models") for m in models]
+    photos = Path(photos) if photos is not None else read_source(out_dir)
+    parts = []
+    for backbone in entries:
+        # the configured weights for the configured model (or random ones for all: tests, speed);
+        # every other model its own pretrained weights
+        spec = cfg.extract.weights if cfg.extract.weights == "random" or backbone.name == cfg.extract.model \
+            else "auto"
+        run = layout.model_run(backbone.name)
+        log(f"{backbone.name}: embedding, clustering and scoring in {run}")
+        extract_folder(photos, run, replace(cfg.extract, model=backbone.name, weights=spec), seed=seed, log=log,
+                       progress=progress)
+        cluster_run(run, cfg.cluster, log=log)
+        result = evaluate_run(run, labels, log=log)
+        parts.append(result.table.assign(model=backbone.name, feature_dim=backbone.feature_dim))
+    table = pd.concat(parts, ignore_index=True)[MODEL_COLUMNS]
+    write_frame(layout.evaluation_models, table, float_format="%.6f")
+    return ModelsEvaluation(table, models_markdown(table))

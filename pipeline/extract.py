@@ -1,4 +1,5 @@
-"""Stage 1: every image under a folder -> VGG16 conv features -> global average pool -> 512-d.
+"""Stage 1: every image under a folder -> the model's conv features -> global average pool
+(VGG16: 512-d, the default; EfficientNet-Lite0: 1280-d; see backbones.py for every --model).
 
 Incremental: files whose size and mtime are unchanged since the cached run are not
 decoded again; deleted files are dropped; finished batches are journaled so an
@@ -21,15 +22,16 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from .cache import (FEATURE_DIM, OK, UNREADABLE, CacheDamaged, Entry, Journal, activate_key, file_digest, key_id,
-                    load_cache, set_aside, write_cache, write_source)
+from . import backbones
+from .cache import (OK, UNREADABLE, CacheDamaged, Entry, Journal, activate_key, file_digest, key_id, load_cache,
+                    set_aside, write_cache, write_source)
 from .config import ExtractConfig
 from .errors import UserError
 from .images import IMAGE_EXTENSIONS, UnreadableImage, open_rgb, scan_images
 from .kmeans import resolve_device
-from .weights import Preprocess, Weights, build_features_model, resolve_weights
+from .weights import Preprocess, Weights
 
-MODEL_ID = "torchvision.vgg16.features+global_avg_pool"
+MODEL_ID = backbones.REGISTRY["vgg16"].model_id  # "torchvision.vgg16.features+global_avg_pool"
 
 
 @dataclass
@@ -91,18 +93,21 @@ def precision_name(dtype: torch.dtype | None) -> str:
 
 
 def cache_key(weights: Weights, resize: str, precision: str) -> dict:
+    """What made a features cache: a change to any of it is another cache (see cache.activate_key).
+    VGG16's key is the same as before the model registry, so its caches stay valid."""
+    backbone = backbones.get(weights.model)
     pre = weights.preprocess
     geometry = (f"resize shorter side {pre.resize}, center crop {pre.crop}" if resize == "crop"
                 else f"resize to {pre.crop}x{pre.crop} (squash)")
     return {
-        "model": MODEL_ID,
+        "model": backbone.model_id,
         "weights": weights.id,
         "geometry": geometry,
         "normalization": pre.describe(),
         "precision": precision,
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
-                     "pillow": PIL.__version__, "numpy": np.__version__},
-        "feature_dim": FEATURE_DIM,
+                     "pillow": PIL.__version__, "numpy": np.__version__, **backbone.versions()},
+        "feature_dim": backbone.feature_dim,
     }
 
 
@@ -176,7 +181,8 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
         raise UserError(f"no images found under {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
                         f"check the folder{_unreadable_hint(scan.unreadable)}")
 
-    weights = resolve_weights(cfg.weights, seed=seed, log=log)
+    weights = backbones.resolve(cfg.model, cfg.weights, seed=seed, log=log)
+    dim = backbones.feature_dim(weights)
     device = resolve_device(cfg.device, prefer_mps=True)
     half = autocast_dtype(cfg.precision, device, log)
     key = cache_key(weights, cfg.resize, precision_name(half))
@@ -184,7 +190,7 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
     report = ExtractReport(weights_id=weights.id, device=str(device), cache_key_id=key_id(key))
 
     current = [(root / rel, rel) for rel in files]
-    committed_entries, committed_rows = _committed_cache(out_dir, log)
+    committed_entries, committed_rows = _committed_cache(out_dir, log, dim)
     known = {e.path: (e, committed_rows[i]) for i, e in enumerate(committed_entries)}
     journal = Journal(out_dir)
     journal_entries, journal_rows = journal.read()
@@ -198,7 +204,7 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
         try:
             st = path.stat()
         except OSError as exc:
-            results[rel] = (Entry(rel, 0, 0, "", UNREADABLE, f"cannot stat: {exc.strerror or exc}"), _nan_row())
+            results[rel] = (Entry(rel, 0, 0, "", UNREADABLE, f"cannot stat: {exc.strerror or exc}"), _nan_row(dim))
             continue
         cached = known.get(rel)
         if cached is not None and cached[0].size == st.st_size and cached[0].mtime_ns == st.st_mtime_ns:
@@ -207,12 +213,13 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
         else:
             todo.append((path, rel, st.st_size, st.st_mtime_ns))
     for rel, reason in scan.unreadable:  # looked at afresh each run: nothing to reuse
-        results[rel] = (Entry(rel, 0, 0, "", UNREADABLE, reason), _nan_row())
+        results[rel] = (Entry(rel, 0, 0, "", UNREADABLE, reason), _nan_row(dim))
     listed = sorted({rel for _, rel in current} | set(results))
     report.dropped = len(set(known) - set(listed))
 
     if todo:
-        log(f"decoding {len(todo)} new or changed image(s) of {len(current)} with {weights.id} on {device}")
+        log(f"decoding {len(todo)} new or changed image(s) of {len(current)} with {weights.model} ({weights.id}) "
+            f"on {device}")
         for entries, rows in embed_files(todo, weights, cfg, device, half, progress):
             journal.append(entries, rows)
             journal_entries.extend(entries)
@@ -248,11 +255,11 @@ def _unreadable_hint(unreadable: list[tuple[str, str]]) -> str:
     return f"; {len(unreadable)} path(s) could not be read ({shown}{more})"
 
 
-def _nan_row() -> np.ndarray:
-    return np.full(FEATURE_DIM, np.nan, dtype=np.float32)
+def _nan_row(dim: int) -> np.ndarray:
+    return np.full(dim, np.nan, dtype=np.float32)
 
 
-def _committed_cache(out_dir: Path, log: Callable[[str], None]) -> tuple[list[Entry], np.ndarray]:
+def _committed_cache(out_dir: Path, log: Callable[[str], None], dim: int) -> tuple[list[Entry], np.ndarray]:
     """The cache as last committed; a damaged one is set aside (never deleted) and rebuilt."""
     try:
         return load_cache(out_dir)
@@ -260,7 +267,7 @@ def _committed_cache(out_dir: Path, log: Callable[[str], None]) -> tuple[list[En
         where = set_aside(out_dir)
         log(f"the features cache cannot be trusted: {exc.reason}; "
             f"{f'set aside in {where}, ' if where else ''}extracting again")
-        return [], np.empty((0, FEATURE_DIM), np.float32)
+        return [], np.empty((0, dim), np.float32)
 
 
 def embed_files(todo, weights: Weights, cfg: ExtractConfig, device: torch.device, half, progress,
@@ -269,8 +276,9 @@ def embed_files(todo, weights: Weights, cfg: ExtractConfig, device: torch.device
 
     `extract` and `assign` both embed through it, so a new photo is embedded exactly as the
     run's photos were (same decoding, geometry, normalisation, precision)."""
-    # channels-last on every device: oneDNN's and cuDNN's fast convolution layout
-    model = build_features_model(weights).to(device).to(memory_format=torch.channels_last)
+    # channels-last on every device and every backbone: oneDNN's and cuDNN's fast convolution layout
+    model = backbones.build(weights).to(device).to(memory_format=torch.channels_last)
+    dim = backbones.feature_dim(weights)
     pre = weights.preprocess
     dataset = PhotoDataset([p for p, _, _, _ in todo], pre, cfg.resize)
     workers = cfg.workers if cfg.workers is not None else default_workers(len(todo), cfg.batch_size)
@@ -282,7 +290,7 @@ def embed_files(todo, weights: Weights, cfg: ExtractConfig, device: torch.device
     with tqdm(total=len(todo), unit="img", desc=desc, disable=bar_off, dynamic_ncols=True) as bar, \
             torch.inference_mode():
         for items in loader:
-            rows = np.full((len(items), FEATURE_DIM), np.nan, dtype=np.float32)
+            rows = np.full((len(items), dim), np.nan, dtype=np.float32)
             good = [j for j, (_, pixels, _, _) in enumerate(items) if pixels is not None]
             if good:
                 batch = torch.stack([items[j][1] for j in good]).to(device, non_blocking=True)
@@ -296,8 +304,10 @@ def embed_files(todo, weights: Weights, cfg: ExtractConfig, device: torch.device
 
 
 def embed_batch(model: torch.nn.Module, x: torch.Tensor, half: torch.dtype | None) -> np.ndarray:
-    """Conv features -> global average pool -> (n, 512) float32."""
+    """Conv features -> global average pool (in float32) -> (n, d) float32; a network that
+    already gives (n, d) rows (ViT's class token) is taken as it is."""
     x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(x.device.type, dtype=half, enabled=half is not None):
         maps = model(x)
-    return maps.float().mean(dim=(2, 3)).cpu().numpy()
+    rows = maps.float().mean(dim=(2, 3)) if maps.ndim == 4 else maps.float()
+    return rows.cpu().numpy()

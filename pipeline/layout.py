@@ -11,6 +11,7 @@
   duplicates.json                                              the features duplicates.csv was made from
   assigned.csv                                                 new photos placed by `assign`
   sweep/<loss>.{csv,png,json}, evaluation.csv, evaluation_agreement.csv, evaluation/
+  evaluation_models.csv, models/<model>/ (a whole run per model)   `evaluate --models`
 
 Outside a run's folder: `palette`'s folder (`PaletteLayout`), and the files of `quantize`
 and `segment` (`default_quantize_output`, `segment_outputs`), at the end of this module.
@@ -203,6 +204,14 @@ class Layout:
 
     def confusion(self, loss: str) -> Path:
         return self.root / "evaluation" / f"confusion_{loss}.png"
+
+    @property
+    def evaluation_models(self) -> Path:
+        return self.root / "evaluation_models.csv"
+
+    def model_run(self, model: str) -> Path:
+        """The output folder in which `evaluate --models` embeds, clusters and scores the photos with `model`."""
+        return self.root / "models" / model
 
     def relative(self, path: Path) -> str:
         """`path` as a POSIX path relative to the output folder (for links in index.html)."""

@@ -1,4 +1,5 @@
-"""Where the VGG16 convolutional weights come from, and the preprocessing each needs.
+"""Where the VGG16 convolutional weights come from, and the preprocessing each needs
+(the other backbones' weights: backbones.py).
 
 Four sources, chosen by `--weights`:
   imagenet  torchvision's VGG16_Weights.IMAGENET1K_V1 (torch hub cache, or downloaded once)
@@ -73,9 +74,10 @@ class Preprocess:
 @dataclass
 class Weights:
     id: str
-    state_dict: dict[str, torch.Tensor]  # keys of vgg16().features: "0.weight", "0.bias", ...
+    state_dict: dict[str, torch.Tensor]  # VGG16: keys of vgg16().features ("0.weight", ...); others: the network's
     preprocess: Preprocess
     semantic: bool = True
+    model: str = "vgg16"  # the backbones.REGISTRY entry these weights belong to
 
 
 def cache_dir() -> Path:
