@@ -82,7 +82,7 @@ class Searcher:
         """(labels int64, squared distances float32) of the rows of X (float32, on C's device)."""
         if self.backend == "faiss":
             d2, labels = self.index.search(np.ascontiguousarray(X.numpy()), 1)
-            return torch.from_numpy(labels[:, 0].astype(np.int64)), torch.from_numpy(d2[:, 0]).clamp_(min=0)
+            return torch.from_numpy(labels[:, 0]), torch.from_numpy(np.maximum(d2[:, 0], 0))
         n = X.shape[0]
         labels = torch.empty(n, dtype=torch.int64, device=X.device)
         best = torch.empty(n, dtype=torch.float32, device=X.device)
@@ -110,42 +110,52 @@ def full_pass(data: np.ndarray, C, loss: str = "square", param: float | None = N
               chunk_rows: int = CHUNK_ROWS, progress: Callable[[int], None] | None = None) -> PassResult:
     """Assign every row of `data` (n, d; any numeric dtype, converted to float32 a chunk at a
     time) to its cheapest center under `loss` and sum what a k-means needs (see PassResult).
-    Memory: the data, one float32 chunk and its rows x k block, the labels if asked for."""
+    Memory: the data, one float32 chunk and its rows x k block, the labels if asked for.
+
+    For the square loss the squared error comes from the per-cluster sums, exactly (float64
+    sums of the rows' values): sum |x|^2 - 2 sum_j c_j . S_j + sum_j n_j |c_j|^2, with no
+    residual gathered per row; the other losses sum their pointwise loss of the residuals."""
     device = torch.device(device)
     spec = L.get_loss(loss)
     Ct = torch.as_tensor(np.asarray(C, dtype=np.float32) if not isinstance(C, torch.Tensor) else C,
                          dtype=torch.float32).to(device).contiguous()
     k, d = Ct.shape
+    square = spec.name == "square"
     searcher = Searcher(Ct, backend) if spec.by_distance else None
-    counts = torch.zeros(k, dtype=torch.int64, device=device)
-    sums = torch.zeros(k, d, dtype=torch.float64, device=device) if with_sums else None
+    counts = np.zeros(k, dtype=np.int64)
+    sums = np.zeros((k, d), dtype=np.float64) if (with_sums or square) else None
     labels_out = np.empty(len(data), dtype=np.int32) if with_labels else None
-    sq_error = loss_total = 0.0
+    x_sq = sq_error = loss_total = 0.0
     for start in range(0, len(data), chunk_rows):
         stop = min(len(data), start + chunk_rows)
-        X = torch.from_numpy(np.ascontiguousarray(data[start:stop], dtype=np.float32)).to(device)
-        labels = searcher.search(X)[0].to(device) if searcher is not None else L.assign(X, Ct, loss, param)
-        residual = X - Ct[labels]
-        errors = (residual * residual).sum(1)
-        sq_error += float(errors.double().sum())
-        loss_total += float(errors.double().sum()) if spec.name == "square" else \
-            float(spec.pointwise(residual, param).double().sum())
-        del residual
-        counts += torch.bincount(labels, minlength=k)
-        if sums is not None:
-            if device.type == "cpu":  # one bincount per coordinate: exact float64 sums, no scatter contention
-                flat = labels.numpy()
-                block = X.numpy()
-                for j in range(d):
-                    sums[:, j] += torch.from_numpy(np.bincount(flat, weights=block[:, j], minlength=k))
-            else:
-                sums.index_add_(0, labels, X.double())
+        rows = np.ascontiguousarray(data[start:stop])
+        rows32 = rows.astype(np.float32, copy=False)
+        X = torch.from_numpy(rows32).to(device)
+        labels = searcher.search(X)[0] if searcher is not None else L.assign(X, Ct, loss, param)
+        flat = labels.cpu().numpy()
+        counts += np.bincount(flat, minlength=k)
+        if sums is not None:  # a bincount per coordinate: exact float64 sums (4x faster than one 2-D bincount)
+            for j in range(d):
+                sums[:, j] += np.bincount(flat, weights=rows[:, j], minlength=k)
+        if square:  # integer rows of d <= 256 bytes: each row's float32 sum of squares is exact (< 2^24)
+            exact32 = rows.dtype in (np.uint8, np.int8) and d <= 256
+            x_sq += float(np.einsum("ij,ij->i", rows32, rows32).sum(dtype=np.float64)) if exact32 else \
+                float(np.einsum("ij,ij->", rows32.astype(np.float64), rows32.astype(np.float64)))
+        else:
+            residual = X - Ct[labels.to(device)]
+            errors = (residual * residual).sum(1)
+            sq_error += float(errors.double().sum())
+            loss_total += float(spec.pointwise(residual, param).double().sum())
+            del residual
         if labels_out is not None:
-            labels_out[start:stop] = labels.cpu().numpy()
+            labels_out[start:stop] = flat
         if progress is not None:
             progress(stop - start)
-    return PassResult(counts.cpu().numpy(), sq_error, loss_total,
-                      sums.cpu().numpy() if sums is not None else None, labels_out, len(data))
+    if square:
+        C64 = Ct.double().cpu().numpy()
+        sq_error = max(0.0, x_sq - 2.0 * float((C64 * sums).sum()) + float((counts * (C64 * C64).sum(1)).sum()))
+        loss_total = sq_error
+    return PassResult(counts, sq_error, loss_total, sums if with_sums else None, labels_out, len(data))
 
 
 def split_empty(C: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int]:
