@@ -288,8 +288,11 @@ def distinct_rows(rows: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def train(patches: np.ndarray, k: int, loss: str, seed: int, backend: str, device: torch.device,
-          log: Callable[[str], None] = print) -> Dictionary:
-    """One dictionary of K centers: trained on the subsample, measured on every patch."""
+          log: Callable[[str], None] = print, progress: bool | None = False) -> Dictionary:
+    """One dictionary of K centers: trained on the subsample, measured on every patch (with
+    a progress bar over the full pass unless `progress` is False)."""
+    from tqdm import tqdm
+
     sub = subsample(patches, k, seed)
     C0 = distinct_rows(sub, k, seed).astype(np.float32)
     param = None
@@ -303,7 +306,10 @@ def train(patches: np.ndarray, k: int, loss: str, seed: int, backend: str, devic
                                   device=device).fit(np.asarray(sub, dtype=np.float32))
         centers, iterations = model.cluster_centers_, model.n_iter_
         param = next(iter(model.params_.values()), None)
-    result = nearest.full_pass(patches, centers, loss, param, backend=backend, device=device)
+    bar = tqdm(total=len(patches), unit="patch", unit_scale=True, desc=f"K={k} all patches", leave=False,
+               disable=None if progress is None else not progress, dynamic_ncols=True, file=sys.stderr)
+    result = nearest.full_pass(patches, centers, loss, param, backend=backend, device=device, progress=bar.update)
+    bar.close()
     order = np.lexsort((np.arange(k), -result.counts))  # largest cluster first, ties by index
     d = patches.shape[1]
     return Dictionary(k, np.ascontiguousarray(centers[order], dtype=np.float32), result.counts[order],
@@ -524,7 +530,7 @@ def patches_run(source_path: Path, out: Path, *, ks: list[int], size: int = DEFA
         if layout.record(k).exists():
             log(f"K={k}: the saved dictionary was made from other data or settings (or is damaged); fitting it again")
         started = time.perf_counter()
-        dictionary = train(patches, k, loss, seed, backend, torch_device, log=log)
+        dictionary = train(patches, k, loss, seed, backend, torch_device, log=log, progress=progress)
         save_dictionary(layout, dictionary, key)
         atlas = atlas_image(dictionary.centers, size, f"K = {k}, {loss} loss: centers by cluster size")
         atomic.write_with(layout.atlas(k), lambda fh: atlas.save(fh, "PNG"))
