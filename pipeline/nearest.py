@@ -22,6 +22,7 @@ full-data pass of `photoclust patches`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ from .errors import UserError
 
 BACKENDS = ("auto", "torch", "faiss")
 CHUNK_ROWS = 1 << 18  # rows converted to float32 at a time in a full pass (26 MB at d = 25)
-_TORCH_BLOCK_BYTES = 4 << 20  # the rows x k distance block on a CPU (stays in the cache)
+_TORCH_BLOCK_BYTES = 32 << 20  # the rows x k distance block of one CPU thread (measured: 4 MB 1.8x slower)
 SPLIT_EPS = 1.0 / 1024  # an empty cluster takes half of the largest one, both nudged by this
 
 
@@ -61,6 +62,32 @@ def resolve_backend(name: str, device: torch.device) -> str:
     return name
 
 
+_POOL = None
+
+
+def _pool():
+    """Threads for the torch search on a CPU, one per core torch would use. Each works a
+    whole block (GEMM, then the row minima) on one torch thread: no barrier between the
+    threads, which on a shared 2-core machine made torch's own two threads 6x slower than
+    one (300,000 x 25 rows, K = 1000, load average 9: 18.6 s on 2 threads, 2.9 s on 1)."""
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="photoclust-nearest")
+    return _POOL
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class Searcher:
     """Nearest of the centers C (k, d) for blocks of rows, by one backend."""
 
@@ -75,7 +102,7 @@ class Searcher:
         else:
             self.c_sq = (self.C * self.C).sum(1)
             k = C.shape[0]
-            budget = _TORCH_BLOCK_BYTES if C.device.type == "cpu" else 256 << 20
+            budget = _TORCH_BLOCK_BYTES if C.device.type == "cpu" else 256 << 20  # the block of one thread
             self.rows = max(64, budget // (4 * k))
 
     def search(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,12 +113,20 @@ class Searcher:
         n = X.shape[0]
         labels = torch.empty(n, dtype=torch.int64, device=X.device)
         best = torch.empty(n, dtype=torch.float32, device=X.device)
-        x_sq = (X * X).sum(1)
-        for start in range(0, n, self.rows):
+
+        def block(start: int) -> None:
             rows = slice(start, min(n, start + self.rows))
-            block = torch.addmm(self.c_sq, X[rows], self.C.T, alpha=-2.0)
-            torch.min(block, 1, out=(best[rows], labels[rows]))
-        best += x_sq
+            distances = torch.addmm(self.c_sq, X[rows], self.C.T, alpha=-2.0)
+            torch.min(distances, 1, out=(best[rows], labels[rows]))
+            best[rows] += (X[rows] * X[rows]).sum(1)
+
+        starts = range(0, n, self.rows)
+        if X.device.type != "cpu" or len(starts) == 1:
+            for start in starts:
+                block(start)
+        else:  # blocks in parallel threads, each on one torch thread (see _cpu_workers)
+            with _one_torch_thread():
+                list(_pool().map(block, starts))
         return labels, best.clamp_(min=0)
 
 
