@@ -170,8 +170,11 @@ def main() -> None:
     parser.add_argument("--ks", default="100,1000", help="K of the subsample-vs-full-Lloyd comparison")
     parser.add_argument("--lloyd-iters", type=int, default=20, help="iterations of full Lloyd (the reference)")
     parser.add_argument("--minibatch-epochs", type=int, default=25, help="MiniBatchKMeans max_iter (passes)")
+    parser.add_argument("--backends", default=None,
+                        help="our search backends to race, comma-separated (default: faiss when installed, torch)")
+    parser.add_argument("--name", default="patches", help="outputs/bench/<name>.json")
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out: iteration,curve,minibatch,"
-                                                   "sklearn,torch")
+                                                   "sklearn,torch,faiss (faiss-cpu's own Kmeans)")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -191,7 +194,8 @@ def main() -> None:
                              "gb_uint8": round(patches.nbytes / 1e9, 3),
                              "seconds": round(time.perf_counter() - start, 2)}
     print(json.dumps(results["extraction"]), flush=True)
-    backends = (["faiss"] if nearest.faiss_available() else []) + ([] if "torch" in skip else ["torch"])
+    backends = args.backends.split(",") if args.backends else \
+        (["faiss"] if nearest.faiss_available() else []) + ([] if "torch" in skip else ["torch"])
     with tempfile.TemporaryDirectory() as folder:
         path = str(Path(folder) / "patches.npy")
         np.save(path, patches)
@@ -200,7 +204,7 @@ def main() -> None:
             race = {"rows": args.iteration_rows, "k": args.iteration_k, "path": path}
             results["one_iteration"] = {f"ours_{b}": measure({**race, "kind": "iter_ours", "backend": b})
                                         for b in backends}
-            if nearest.faiss_available():
+            if nearest.faiss_available() and "faiss" not in skip:
                 results["one_iteration"]["faiss"] = measure({**race, "kind": "iter_faiss"})
             if "sklearn" not in skip:
                 results["one_iteration"]["sklearn_kmeans"] = measure({**race, "kind": "iter_sklearn"})
@@ -218,9 +222,9 @@ def main() -> None:
                     entry["subsample_mse_over_full_lloyd"] = round(entry["subsample"]["mse"]
                                                                    / entry["full_lloyd"]["mse"], 5)
                 results["per_k"][str(k)] = entry
-                write_result("patches", results)  # what is measured so far survives an interrupted run
+                write_result(args.name, results)  # what is measured so far survives an interrupted run
     results["load_at_end"] = load()
-    print(f"-> {write_result('patches', results)}")
+    print(f"-> {write_result(args.name, results)}")
 
 
 if __name__ == "__main__":
