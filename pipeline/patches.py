@@ -45,8 +45,10 @@ DEFAULT_SIZE = 5
 DEFAULT_KS = "100:1000:100,2000:10000:1000"
 DEFAULT_SHOW = 8
 MAX_POINTS_PER_CENTROID = 256  # faiss's default subsample per center
-MAX_ITER = 25  # faiss's default number of iterations
-TRAIN_SETTINGS_VERSION = 1  # bump when the training changes what it makes
+# Lloyd iterations on the subsample, twice faiss's 25: at K = 1000 on Fashion-MNIST the MSE of all
+# patches was 1.6% above 20 full-data iterations' after 25, 0.7% after 50 (bench-patches)
+MAX_ITER = 50
+TRAIN_SETTINGS_VERSION = 2  # bump when the training changes what it makes
 IMAGE_CHUNK = 2048  # images per extraction block
 RECORD_KEYS = ("k", "size", "loss", "param_setting", "seed", "source_fingerprint", "training")
 
