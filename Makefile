@@ -144,6 +144,24 @@ bench-colour: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]' >/dev/null
 	$(PY) benchmarks/bench_colour.py
 
+# make patches [SOURCE=train-images-idx3-ubyte.gz | folder] [K=100:1000:100,2000:10000:1000] [LOSS=square] [SIZE=5]
+# [SHOW=8] [SEED=0] [BACKEND=auto] [PATCHES_OUT=dir]: a dictionary of 5 x 5 patches for every K (resumable)
+# -> outputs/patches/<source name>/. SOURCE defaults to Fashion-MNIST's training images from Debian's
+# dataset-fashion-mnist (apt-get install dataset-fashion-mnist), found through dpkg.
+FASHION_MNIST = $(shell dpkg -L dataset-fashion-mnist 2>/dev/null | grep 'train-images-idx3-ubyte' | head -n 1)
+PATCHES_SOURCE = $(or $(SOURCE),$(FASHION_MNIST))
+.PHONY: patches bench-patches
+patches: $(STAMP)
+	$(if $(PATCHES_SOURCE),,$(error make patches needs SOURCE=an IDX image file or a folder of images (or apt-get install dataset-fashion-mnist)))
+	$(PY) -m pipeline patches $(call q,$(PATCHES_SOURCE)) $(if $(K),--k $(call q,$(K))) $(if $(LOSS),--loss $(call q,$(LOSS))) $(if $(SIZE),--size $(call q,$(SIZE))) $(if $(SHOW),--show $(call q,$(SHOW))) $(if $(SEED),--seed $(call q,$(SEED))) $(if $(BACKEND),--backend $(call q,$(BACKEND))) $(if $(PATCHES_OUT),--out $(call q,$(PATCHES_OUT)))
+
+# Fashion-MNIST's 28.9M patches: a full-data Lloyd iteration (ours with torch and faiss search, faiss-cpu,
+# scikit-learn) and the subsample method against full Lloyd per K -> outputs/bench/patches.json
+bench: bench-patches
+bench-patches: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]' >/dev/null
+	$(PY) benchmarks/bench_patches.py $(if $(PATCHES_SOURCE),--source $(call q,$(PATCHES_SOURCE)))
+
 # Rebuild data/sample from Debian's tuxpaint-stamps-default (apt-get install it first).
 sample-data: $(STAMP)
 	$(PY) data/build_sample.py

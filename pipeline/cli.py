@@ -250,6 +250,29 @@ def build_parser() -> argparse.ArgumentParser:
                           "and <name>_segments.png (photo | segments in their mean colour); default "
                           "outputs/segment")
     seg.set_defaults(run=_run_segment)
+
+    pat = sub.add_parser("patches", parents=[waiting],
+                         help="a dictionary of small image patches by k-means for many K: MSE curve, atlases, "
+                              "reconstructions (MNIST-style IDX file or a folder of images)")
+    pat.add_argument("source", metavar="SOURCE",
+                     help="an IDX image file as MNIST ships it (.gz or not; labels and the t10k test file beside "
+                          "it are used when present), or a folder of images (read as greyscale)")
+    pat.add_argument("--size", default="5", help="patch side in pixels, 1 to 32 (default 5: 5 x 5 patches)")
+    pat.add_argument("--k", default=None, metavar="KS",
+                     help="dictionary sizes: K values or FIRST:LAST[:STEP] ranges, comma-separated "
+                          "(default 100:1000:100,2000:10000:1000)")
+    pat.add_argument("--loss", default="square",
+                     help="the k-means loss: square (default), absolute, huber, pseudo_huber, correntropy, "
+                          "epsilon_insensitive (their parameters: auto)")
+    pat.add_argument("--out", type=Path, default=None,
+                     help="output folder (default: outputs/patches/<source name>); finished K there are reused")
+    pat.add_argument("--show", default="8", help="images reconstructed per split (train, test) at every K (default 8)")
+    pat.add_argument("--seed", default="0", help="seed of the subsamples and initial centers (default 0)")
+    pat.add_argument("--backend", default="auto",
+                     help="nearest-center search: auto (torch on a GPU, faiss on the CPU when installed, else "
+                          "torch), torch, or faiss (pip install 'photoclust[faiss]')")
+    pat.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | mps")
+    pat.set_defaults(run=_run_patches)
     return parser
 
 
@@ -609,6 +632,27 @@ def _run_segment(args: argparse.Namespace) -> int:
     shrunk = f" (the photo has too few distinct points for {k})" if seg.k < k else ""
     print(f"{seg.k} segments{shrunk}, largest {seg.sizes[0] / seg.sizes.sum():.0%} of the photo; fitted on "
           f"{seg.sampled} pixels -> {paths[0]}, {paths[1]}")
+    return 0
+
+
+def _run_patches(args: argparse.Namespace) -> int:
+    from .layout import default_patches_output
+    from .patches import DEFAULT_KS, check_size, parse_ks, patches_run
+
+    size = check_size(_integer(args.size, "--size", 1))
+    ks = parse_ks(args.k if args.k is not None else DEFAULT_KS)
+    show = _integer(args.show, "--show", 0)
+    seed = _integer(args.seed, "--seed", 0)
+    source = Path(args.source)
+    if not source.exists():
+        raise UserError(f"{source}: no such IDX file or folder of images")
+    out = args.out if args.out is not None else default_patches_output(source)
+    with _locked(args, out, create=True):
+        report = patches_run(source, out, ks=ks, size=size, loss=args.loss, seed=seed, show=show,
+                             backend=args.backend, device=args.device, log=_log)
+    print(f"{len(report.fitted)} dictionaries fitted, {len(report.reused)} reused; {report.patches:,} patches "
+          f"({report.blank:,} blank dropped)"
+          f"{f'; knee at K = {report.knee}' if report.knee is not None else ''} -> {out}")
     return 0
 
 

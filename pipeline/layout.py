@@ -13,7 +13,7 @@
   sweep/<loss>.{csv,png,json}, evaluation.csv, evaluation_agreement.csv, evaluation/
   evaluation_models.csv, models/<model>/ (a whole run per model)   `evaluate --models`
 
-Outside a run's folder: `palette`'s folder (`PaletteLayout`), and the files of `quantize`
+Outside a run's folder: `palette`'s folder (`PaletteLayout`), `patches`' folder (`PatchesLayout`), and the files of `quantize`
 and `segment` (`default_quantize_output`, `segment_outputs`), at the end of this module.
 """
 
@@ -288,3 +288,69 @@ def segment_outputs(image: str | Path, folder: str | Path) -> tuple[Path, Path]:
     """<folder>/<name>_labels.png (the label map) and <folder>/<name>_segments.png (the side-by-side)."""
     stem = Path(image).stem
     return Path(folder) / f"{stem}_labels.png", Path(folder) / f"{stem}_segments.png"
+
+
+# ----------------------------------------------------------------------------- `photoclust patches`
+
+@dataclass(frozen=True)
+class PatchesLayout:
+    """The folder `photoclust patches` writes (default `outputs/patches/<source name>/`, see
+    `default_patches_output`); it holds the output marker.
+
+      dictionaries/k<K>.npy         the K centers (K x size^2 float32), largest cluster first
+      dictionaries/k<K>.json        what made it (source fingerprint, size, loss, seed, training
+                                    settings, the .npy's SHA-256) and its MSE and cluster sizes;
+                                    written after the .npy: a K without it is not finished
+      atlas/k<K>.png                every center as a size x size tile, largest cluster first
+      mse.csv, mse.png              MSE per K, the knee marked (sweep's rule)
+      reconstructions_<split>.png   chosen images (train, test) at every K beside the original
+      patches.json                  the run's summary (written last)
+    """
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def dictionaries(self) -> Path:
+        return self.root / "dictionaries"
+
+    def dictionary(self, k: int) -> Path:
+        return self.dictionaries / f"k{k:05d}.npy"
+
+    def record(self, k: int) -> Path:
+        return self.dictionaries / f"k{k:05d}.json"
+
+    def atlas(self, k: int) -> Path:
+        return self.root / "atlas" / f"k{k:05d}.png"
+
+    @property
+    def mse_table(self) -> Path:
+        return self.root / "mse.csv"
+
+    @property
+    def mse_plot(self) -> Path:
+        return self.root / "mse.png"
+
+    def reconstructions(self, split: str) -> Path:
+        return self.root / f"reconstructions_{split}.png"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "patches.json"
+
+
+def default_patches_output(source: str | Path) -> Path:
+    """outputs/patches/<name>: the folder's name, or for an MNIST-style IDX file
+    (train-images-idx3-ubyte.gz, t10k-...) the name of the folder holding it (with -t10k for
+    the test file), else the file's name without .gz; relative to the working directory."""
+    source = Path(source)
+    if source.is_dir():
+        name = source.resolve().name
+    else:
+        stem = source.name.removesuffix(".gz")
+        if stem.startswith(("train-", "t10k-")) and "-idx" in stem:
+            name = source.resolve().parent.name + ("-t10k" if stem.startswith("t10k-") else "")
+        else:
+            name = stem
+    return Path("outputs") / "patches" / (name or "patches")

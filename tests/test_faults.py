@@ -49,7 +49,7 @@ def runner():
     ctx.set_forkserver_preload(["torch", "torchvision", "pandas", "PIL.Image", "pipeline.cli", "pipeline.extract",
                                 "pipeline.cluster", "pipeline.render", "pipeline.report", "pipeline.site",
                                 "pipeline.export", "pipeline.assign", "pipeline.palette", "pipeline.quantize",
-                                "pipeline.segment", "jinja2"])
+                                "pipeline.segment", "pipeline.patches", "matplotlib.pyplot", "jinja2"])
 
     def run(argv: list[str], kill_at: int | None = None, log: Path | None = None, stderr: Path | None = None) -> int:
         env = {"PHOTOCLUST_KILL_AT": str(kill_at)} if kill_at else {}
@@ -294,6 +294,39 @@ def test_quantize_and_segment_killed_at_every_write_point_give_the_clean_files(r
             assert_same_outputs(target, clean, skip=())
             assert not leftovers(target), name
     assert photo.read_bytes() == before
+
+
+def test_patches_killed_at_every_write_point_gives_the_clean_folder(runner, tmp_path):
+    """`patches` on a small IDX file (with a test split beside it): killed at any write point,
+    the rerun skips the finished K and gives the clean run's files byte for byte."""
+    import gzip
+
+    import numpy as np
+
+    from pipeline.idx import to_bytes
+
+    rng = np.random.default_rng(4)
+    images = (rng.random((6, 9, 9)) < 0.5) * rng.integers(1, 256, size=(6, 9, 9))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(to_bytes(images), mtime=0))
+    (data / "t10k-images-idx3-ubyte").write_bytes(to_bytes(images[:2]))
+    argv = lambda target: ["patches", data / "train-images-idx3-ubyte.gz", "--out", target, "--k", "2,3",
+                           "--show", "1", "--backend", "torch", "--device", "cpu"]
+    clean = tmp_path / "clean"
+    assert runner(argv(clean)) == 0
+    points = write_points(runner, argv(tmp_path / "probe"), tmp_path / "log")
+    assert any("k00003.json" in p for p in points) and any("patches.json" in p for p in points)
+    for n, name in enumerate(points, start=1):
+        target = tmp_path / f"kill{n}"
+        assert runner(argv(target), kill_at=n) == -9, name
+        assert runner(argv(target)) == 0, name
+        assert_same_outputs(target, clean, skip=())
+        assert not leftovers(target), name
+        shutil.rmtree(target)
+    for made in ("mse.csv", "mse.png", "k00002.npy", "k00003.png", "reconstructions_train.png",
+                 "reconstructions_test.png"):
+        assert list(clean.rglob(made)), made
 
 
 @pytest.fixture
