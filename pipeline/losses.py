@@ -924,7 +924,7 @@ def cost_matrix(X: torch.Tensor, C: torch.Tensor, loss: str, param: float | None
 
 def assign(X: torch.Tensor, C: torch.Tensor, loss: str, param: float | None,
            max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES, with_cost: bool = False,
-           x_sq: torch.Tensor | None = None):
+           x_sq: torch.Tensor | None = None, groups: int = 1):
     """Index of the cheapest center for every row of X (the n x k matrix is never built whole).
 
     A `by_distance` loss (square, correntropy, epsilon-insensitive) is non-decreasing in the
@@ -934,11 +934,19 @@ def assign(X: torch.Tensor, C: torch.Tensor, loss: str, param: float | None,
     losses through the GEMM expansion, so with its rounding: use `loss_to_centers` where
     exact values matter). `x_sq`, the rows' squared norms, saves recomputing them when
     the caller assigns the same X many times.
+
+    `groups` > 1 assigns X to several independent sets of centers at once (the engine's
+    restarts): C holds `groups` consecutive blocks of k = len(C) / groups centers, and
+    labels (and costs) come back with shape (n, groups), label j of group g being the
+    index g * k + (cheapest center of block g) into C.
     """
     spec = get_loss(loss)
+    k = C.shape[0] // groups
     rows = _cost_rows(X, C.shape[0], spec, max_chunk_bytes)
-    labels = torch.empty(X.shape[0], dtype=torch.int64, device=X.device)
-    cost = torch.empty(X.shape[0], dtype=X.dtype, device=X.device) if with_cost else None
+    shape = (X.shape[0],) if groups == 1 else (X.shape[0], groups)
+    labels = torch.empty(shape, dtype=torch.int64, device=X.device)
+    cost = torch.empty(shape, dtype=X.dtype, device=X.device) if with_cost else None
+    offsets = None if groups == 1 else torch.arange(0, C.shape[0], k, device=X.device)
     by_distance = spec.by_distance
     c_sq = _sq_norms(C) if by_distance else None
     for s in _row_slices(X.shape[0], rows):
@@ -947,10 +955,17 @@ def assign(X: torch.Tensor, C: torch.Tensor, loss: str, param: float | None,
             block = torch.addmm(c_sq, X[s], C.T, alpha=-2.0)
         else:
             block = spec.costs(X[s], C, param)
-        best, labels[s] = block.min(1)
+        if groups == 1:
+            best, labels[s] = block.min(1)
+        else:
+            best, local = block.view(block.shape[0], groups, k).min(2)
+            labels[s] = local + offsets
         if with_cost:
             norms = x_sq[s] if x_sq is not None else _sq_norms(X[s])
-            cost[s] = spec.of_sq_distance((best + norms).clamp_(min=0.0), param) if by_distance else best
+            if by_distance:
+                cost[s] = spec.of_sq_distance((best + (norms if groups == 1 else norms[:, None])).clamp_(min=0.0), param)
+            else:
+                cost[s] = best
     return (labels, cost) if with_cost else labels
 
 
