@@ -545,6 +545,56 @@ class CoordinateLoss(Loss):
     def pointwise(self, r, param):
         return self.elementwise(r, param).sum(-1)
 
+    def derivatives(self, r: torch.Tensor, param: float | None):
+        """(rho'(r), rho''(r), rho'(r)/r) per coordinate, for the guarded Newton step of
+        the default `update`; None (the default): the update is plain IRLS."""
+        return None
+
+    def update(self, X, labels, C, param, steps=None, sample_weight=None, max_chunk_bytes=DEFAULT_MAX_CHUNK_BYTES):
+        """`steps` guarded Newton steps where the class defines `derivatives`, else IRLS."""
+        if type(self).derivatives is CoordinateLoss.derivatives:
+            return super().update(X, labels, C, param, steps, sample_weight, max_chunk_bytes)
+        for _ in range(self.inner_steps if steps is None else steps):
+            C = _guarded_newton_step(self, X, labels, C, param, max_chunk_bytes, sample_weight)
+        return C
+
+
+def _guarded_newton_step(spec: CoordinateLoss, X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor,
+                         param: float | None, max_chunk_bytes: int, sample_weight=None) -> torch.Tensor:
+    """One center update for a convex coordinate loss: per cluster and coordinate, the
+    better of the IRLS step (the weighted mean, a majorize-minimize step: never uphill)
+    and the Newton step mu + sum rho'(r) / sum rho''(r), by their summed loss.
+
+    With the labels fixed the objective separates into one convex function of one
+    number per cluster and coordinate, so choosing per (cluster, coordinate) is exact:
+    each sum ends at or below the IRLS step's, hence never above the current one, while
+    Newton's quadratic convergence finishes the center in a step or two where IRLS
+    creeps (pseudo-Huber: 15 more outer iterations to reach tol 1e-6 on 400 x 64).
+    Clusters without members (or weight) keep their center; a coordinate without
+    curvature (Huber: no member inside delta) takes the IRLS step.
+    """
+    acc = _accumulator_dtype(X.device)
+    k, d = C.shape
+    slope, curve, weight = (torch.zeros(k, d, dtype=acc, device=X.device) for _ in range(3))
+    rows = _pass_rows(X, max_chunk_bytes)
+    # (separate sums, not one of the three concatenated: fresh buffers of a few
+    # hundred kB cost page faults, more than the two extra sums)
+    for s in _row_slices(X.shape[0], rows):
+        lc = labels[s]
+        sw = None if sample_weight is None else sample_weight[s].to(X.dtype)
+        for total, part in zip((slope, curve, weight), spec.derivatives(X[s] - C[lc], param)):
+            total += _chunk_sums(part, lc, k, sw)
+    center = C.to(acc)
+    irls = torch.where(weight > 0, center + slope / torch.where(weight > 0, weight, 1.0), center)
+    newton = torch.where(curve > 0, center + slope / torch.where(curve > 0, curve, 1.0), irls)
+    cost = [torch.zeros(k, d, dtype=acc, device=X.device) for _ in range(2)]
+    for candidate, total in zip((irls.to(C.dtype), newton.to(C.dtype)), cost):
+        for s in _row_slices(X.shape[0], rows):
+            lc = labels[s]
+            total += _chunk_sums(spec.elementwise(X[s] - candidate[lc], param), lc, k,
+                                 None if sample_weight is None else sample_weight[s].to(X.dtype))
+    return torch.where(cost[1] <= cost[0], newton, irls).to(C.dtype)
+
 
 def _mad_rule(residual: torch.Tensor, weights: torch.Tensor | None = None) -> float:
     """1.345 * 1.4826 * MAD of the residual coordinates (mean |r| where the MAD is 0)."""
@@ -668,17 +718,22 @@ class PseudoHuber(CoordinateLoss):
     form rounds to 0 in float32 once (t/delta)^2 < 1e-7, i.e. delta above ~3000 residuals:
     every center would cost 0 and all points fall into the first cluster).
 
-    Center: IRLS per coordinate with weights 1/sqrt(1 + (r_j/delta)^2) (default 3 steps).
-    auto: as Huber's delta."""
+    Center: guarded Newton steps per coordinate (default 2; `_guarded_newton_step`): the
+    better of the IRLS step (weights 1/sqrt(1 + (r_j/delta)^2)) and the Newton step
+    (rho'' = (1 + (r_j/delta)^2)^(-3/2)). auto: as Huber's delta."""
 
     name = "pseudo_huber"
     param_name = "delta"
-    inner_steps = 3
+    inner_steps = 2
     scale_per_coordinate = True
-    block_temporaries = 2  # residuals and the denominator
+    # Two rows x centers x d blocks live at once (residuals, denominator); counted as 4 so
+    # that on the CPU each stays at 128k values (512 kB) and both fit a core's L2 cache:
+    # with 256k-value blocks the pass cost 4.5 ns per value, with 128k 1.0-1.1 ns
+    # (pair_costs alone on 400 x 64 and 512 x 512 points, k = 40 and 50, one thread).
+    block_temporaries = 4
 
-    def elementwise(self, r, param):
-        return r * r / (1.0 + torch.sqrt(1.0 + (r / param) ** 2))
+    def elementwise(self, r, param):  # two temporaries: fresh big buffers cost page faults
+        return (r * r).div_((r / param).square_().add_(1.0).sqrt_().add_(1.0))
 
     def pair_costs(self, Xc, Cb, param):
         r2 = (Xc[:, None, :] - Cb[None, :, :]).square_()
@@ -687,6 +742,11 @@ class PseudoHuber(CoordinateLoss):
 
     def irls_weights(self, r, param):  # rho'(t)/t = 1/sqrt(1 + (t/delta)^2) per coordinate
         return torch.rsqrt(1.0 + (r / param) ** 2)
+
+    def derivatives(self, r, param):
+        q = (r / param).square_().add_(1.0)
+        weight = torch.rsqrt(q)
+        return r * weight, weight / q, weight
 
     def auto_rule(self, residual, weights=None):
         return _mad_rule(residual, weights)
