@@ -838,12 +838,14 @@ def _epsilon_step(X, labels, C, epsilon: float, max_chunk_bytes: int, sample_wei
     point inside the tube can leave it, so the step may raise the objective: each cluster
     then halves its step until its objective does not rise (or keeps its center).
     """
-    def weights(Xc, r, lc):
-        d = torch.sqrt((r * r).sum(1, keepdim=True))
-        return torch.where(d > epsilon, 1.0 / d.clamp(min=_tiny(d)), torch.zeros_like(d))
-
-    before = cluster_objectives(X, C, labels, "epsilon_insensitive", epsilon, sample_weight)
-    target = weighted_means(X, labels, C, weights, max_chunk_bytes, sample_weight)
+    # one pass over the points gives both each cluster's objective and the Weiszfeld weights
+    d = loss_to_centers(X, C, labels, "square", None, max_chunk_bytes).sqrt_()
+    per_point = (d - epsilon).clamp_(min=0.0).double()
+    if sample_weight is not None:
+        per_point = per_point * sample_weight.double()
+    before = torch.zeros(C.shape[0], dtype=torch.float64, device=X.device).index_add_(0, labels, per_point)
+    weights = torch.where(d > epsilon, 1.0 / d.clamp(min=_tiny(d)), torch.zeros_like(d))
+    target = weighted_means(X, labels, C, None, max_chunk_bytes, sample_weight, row_weights=weights)
     result = C.clone()
     pending = torch.ones(C.shape[0], dtype=torch.bool, device=C.device)
     step = 1.0
