@@ -684,13 +684,15 @@ class Absolute(CoordinateLoss):
 class Huber(CoordinateLoss):
     """Huber loss per coordinate: h(t) = t^2/2 for |t| <= delta, delta (|t| - delta/2) beyond.
 
-    Center: IRLS per coordinate with weights min(1, delta/|r_j|) (default 3 steps).
+    Center: one guarded Newton step per assignment (`_guarded_newton_step`): the better of
+    the IRLS step (weights min(1, delta/|r_j|)) and the Newton step (rho'' = 1 inside
+    delta, 0 outside: exact once the members inside delta stay the same).
     auto: delta = 1.345 * 1.4826 * MAD of the residual coordinates (Huber's 95%-efficiency
     constant times a robust estimate of the noise standard deviation)."""
 
     name = "huber"
     param_name = "delta"
-    inner_steps = 3
+    inner_steps = 1
     scale_per_coordinate = True
 
     def elementwise(self, r, param):
@@ -706,6 +708,10 @@ class Huber(CoordinateLoss):
 
     def irls_weights(self, r, param):  # min(1, delta/|r|) per coordinate
         return (param / r.abs().clamp(min=_tiny(r))).clamp(max=1.0)
+
+    def derivatives(self, r, param):
+        weight = (param / r.abs().clamp(min=_tiny(r))).clamp(max=1.0)
+        return r.clamp(-param, param), (weight == 1.0).to(r.dtype), weight
 
     def auto_rule(self, residual, weights=None):
         return _mad_rule(residual, weights)
@@ -1071,7 +1077,7 @@ def data_scale(X: torch.Tensor, loss: str, max_chunk_bytes: int = DEFAULT_MAX_CH
     weigh = (lambda s, v: v) if w is None else (lambda s, v: v * w[s, None])
     count = float(n) if w is None else float(w.sum())
     mean = sum(weigh(s, X[s].to(acc)).sum(0) for s in _row_slices(n, rows)) / count
-    spread = sum(float(weigh(s, (X[s].to(acc) - mean) ** 2).sum()) for s in _row_slices(n, rows))
+    spread = sum(float(weigh(s, (X[s].to(acc) - mean).square_()).sum()) for s in _row_slices(n, rows))
     per = count * d if spec.scale_per_coordinate else count
     scale = math.sqrt(spread / per)
     return scale if math.isfinite(scale) and scale > 0 else 1.0
