@@ -505,14 +505,15 @@ class GeneralizedKMeans:
     def _lloyd(self, X, starts, param, loss=None, max_iter=None, weight=None):
         """Restarts from the centers `starts` (runs, k, d), computed together as one clustering
         of runs * k centers over `runs` copies of X (assignment picks the cheapest center
-        within each restart's block); each restart stops on its own test and keeps its
-        centers from then on. Returns the best restart's (labels, centers, objective,
+        within each restart's block); a restart that meets its stopping test leaves the
+        batch, the others go on. Returns the best restart's (labels, centers, objective,
         iterations, converged, history): the lowest objective, the first on ties."""
         loss = loss or self.loss
         spec = L.get_loss(loss)
         max_iter = max_iter or self.max_iter
         runs, k, d = starts.shape
         n = X.shape[0]
+        # the copies of X are all the same: the first m of them serve a batch of m restarts
         stacked = X if runs == 1 else X.repeat(runs, 1)
         stacked_weight = weight if weight is None or runs == 1 else weight.repeat(runs)
         C = starts.reshape(runs * k, d)
@@ -522,48 +523,54 @@ class GeneralizedKMeans:
         x_sq = L.row_sq_norms(X) if spec.by_distance else None
         labels, cost = self._assign_runs(X, C, loss, param, x_sq, runs)
         objective = self._totals(cost, weight)
-        active, converged = [True] * runs, [False] * runs
-        n_iter, history = [0] * runs, [[] for _ in range(runs)]
+        converged, n_iter, history = [False] * runs, [0] * runs, [[] for _ in range(runs)]
+        finals: list = [None] * runs  # (labels, centers) of each restart when it stops
+        ids = list(range(runs))  # the restarts still in the batch, in its order
         live_progress = self.on_iteration is not None and loss == self.loss and runs == 1
         for iteration in range(1, max_iter + 1):
-            C = self._reseed_runs(X, C, labels, loss, param, weight, runs, active)
-            moved = L.update_centers(stacked, labels, C, loss, param, steps=self.inner_steps,
-                                     sample_weight=stacked_weight)
-            was_active = list(active)
-            if not all(was_active):  # finished restarts keep their centers and labels
-                keep = torch.tensor(was_active, device=X.device).repeat_interleave(k)
-                moved = torch.where(keep[:, None], moved, C)
-            C = moved
-            new_labels, cost = self._assign_runs(X, C, loss, param, x_sq, runs)
+            m = len(ids)
+            C = self._reseed_runs(X, C, labels, loss, param, weight, m)
+            C = L.update_centers(stacked[:m * n], labels, C, loss, param, steps=self.inner_steps,
+                                 sample_weight=None if weight is None else stacked_weight[:m * n])
+            new_labels, cost = self._assign_runs(X, C, loss, param, x_sq, m)
             new_objective = self._totals(cost, weight)
-            stable = (new_labels.view(runs, n) == labels.view(runs, n)).all(1).tolist()
-            for run in range(runs):
-                if not was_active[run]:
-                    continue
-                change = abs(objective[run] - new_objective[run]) / max(abs(objective[run]), 1e-300)
-                objective[run] = new_objective[run]
+            stable = (new_labels.view(m, n) == labels.view(m, n)).all(1).tolist()
+            labels = new_labels
+            stay = []
+            for j, run in enumerate(ids):
+                change = abs(objective[run] - new_objective[j]) / max(abs(objective[run]), 1e-300)
+                objective[run] = new_objective[j]
                 n_iter[run] = iteration
                 history[run].append(objective[run])
                 if live_progress:
                     self.on_iteration(iteration, objective[run])
-                if stable[run] and (change <= self.tol or spec.exact_update):
-                    converged[run], active[run] = True, False  # exact updates: same labels, same centers
-            if all(was_active):
-                labels = new_labels
-            else:
-                keep = torch.tensor(was_active, device=X.device).repeat_interleave(n)
-                labels = torch.where(keep, new_labels, labels)
-            if not any(active):
+                if stable[j] and (change <= self.tol or spec.exact_update):
+                    converged[run] = True  # exact updates: same labels means the same centers next time
+                    finals[run] = (labels[j * n:(j + 1) * n] - j * k, C[j * k:(j + 1) * k])
+                else:
+                    stay.append(j)
+            if not stay:
                 break
-        exact = L.loss_to_centers(stacked, C, labels, loss, param).view(runs, n)
+            if len(stay) < m:  # drop the finished restarts from the batch
+                keep = torch.tensor(stay, device=X.device)
+                shift = (torch.arange(len(stay), device=X.device) - keep) * k
+                labels = (labels.view(m, n)[keep] + shift[:, None]).reshape(-1)
+                C = C.view(m, k, d)[keep].reshape(-1, d)
+                ids = [ids[j] for j in stay]
+        else:  # max_iter reached: the restarts still in the batch stop where they are
+            for j, run in enumerate(ids):
+                finals[run] = (labels[j * n:(j + 1) * n] - j * k, C[j * k:(j + 1) * k])
+        offsets = torch.arange(runs, device=X.device).repeat_interleave(n) * k
+        all_labels = torch.cat([labels for labels, _ in finals]) + offsets if runs > 1 else finals[0][0]
+        all_centers = torch.cat([centers for _, centers in finals]) if runs > 1 else finals[0][1]
+        exact = L.loss_to_centers(stacked, all_centers, all_labels, loss, param).view(runs, n)
         objectives = self._totals(exact, weight)
         if self.on_iteration is not None and loss == self.loss and runs > 1:
             for run in range(runs):  # as if the restarts had run one after the other
                 for iteration, value in enumerate(history[run], 1):
                     self.on_iteration(iteration, value)
         best = min(range(runs), key=lambda run: (objectives[run], run))
-        return (labels[best * n:(best + 1) * n] - best * k, C[best * k:(best + 1) * k], objectives[best],
-                n_iter[best], converged[best], history[best])
+        return (*finals[best], objectives[best], n_iter[best], converged[best], history[best])
 
     @staticmethod
     def _assign_runs(X, C, loss, param, x_sq, runs):
@@ -573,8 +580,8 @@ class GeneralizedKMeans:
             return labels, cost[None]
         return labels.T.reshape(-1), cost.T
 
-    def _reseed_runs(self, X, C, labels, loss, param, weight, runs, active):
-        """`_reseed_empty` for each unfinished restart that has an empty cluster."""
+    def _reseed_runs(self, X, C, labels, loss, param, weight, runs):
+        """`_reseed_empty` for each restart of the batch that has an empty cluster."""
         if runs == 1:
             return self._reseed_empty(X, C, labels, loss, param, weight)
         k, n = C.shape[0] // runs, X.shape[0]
@@ -583,7 +590,7 @@ class GeneralizedKMeans:
             return C
         C = C.clone()
         for run in range(runs):
-            if empty[run] and active[run]:
+            if empty[run]:
                 block = slice(run * k, (run + 1) * k)
                 C[block] = self._reseed_empty(X, C[block], labels[run * n:(run + 1) * n] - run * k, loss, param,
                                               weight)
