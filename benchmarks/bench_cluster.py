@@ -299,11 +299,15 @@ def large_robust(device: str, quick: bool) -> list[dict]:
 
 
 def main() -> None:
+    global ROBUST
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--parts", default="1,2,3,4")
+    parser.add_argument("--losses", default=",".join(ROBUST),
+                        help="robust losses to measure in parts 1, 3 and 4 (comma-separated; default: all). "
+                             "A partial run replaces only these losses' rows")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -311,6 +315,11 @@ def main() -> None:
     from pipeline.kmeans import resolve_device
 
     device = str(resolve_device(args.device))
+    chosen = tuple(name.strip() for name in args.losses.split(",") if name.strip())
+    unknown = [name for name in chosen if name not in ROBUST]
+    if unknown or not chosen:
+        parser.error(f"--losses: choose among {', '.join(ROBUST)}; got {args.losses!r}")
+    ROBUST = chosen
     parts = {p.strip() for p in args.parts.split(",")}
     result = {"device": device, "quick": args.quick}
     started = time.perf_counter()
@@ -331,6 +340,10 @@ def main() -> None:
     previous = BENCH_DIR / f"{name}.json"
     if parts != {"1", "2", "3", "4"} and previous.is_file():  # a partial rerun keeps the other parts' figures
         kept = json.loads(previous.read_text())
+        for part in ("robust_vs_tutorial", "large_robust", "small_vs_tutorial"):  # and the other losses' rows
+            if part in result and part in kept:
+                new = {row["loss"]: row for row in result[part]}
+                result[part] = [new.pop(row["loss"], row) for row in kept[part]] + list(new.values())
         result = {**{k: v for k, v in kept.items() if k not in ("machine", "total_seconds")}, **result,
                   "parts_rerun": sorted(parts)}
     shutil.rmtree(DATA_DIR, ignore_errors=True)

@@ -878,12 +878,35 @@ def _epsilon_step(X, labels, C, epsilon: float, max_chunk_bytes: int, sample_wei
 
 
 def _smoothed_epsilon(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, epsilon: float, smooth: float,
-                      max_chunk_bytes: int, sample_weight=None) -> tuple[float, torch.Tensor]:
+                      max_chunk_bytes: int, sample_weight=None, start: "_PolishStart | None" = None
+                      ) -> tuple[float, torch.Tensor]:
     """Value and gradient (w.r.t. every center) of sum_i w_i smooth * softplus((d_i - epsilon) / smooth),
-    a smooth convex upper bound of max(0, d - epsilon) within n * smooth * log 2 of it."""
+    a smooth convex upper bound of max(0, d - epsilon) within n * smooth * log 2 of it.
+
+    With `start` (few centers, rows kept in float64), the distances come from the rows'
+    residuals y_i to their center at the start of the polish and the centers' shifts s_c
+    since: d_i^2 = |y_i|^2 - 2 y_i.s_c + |s_c|^2, one (n, k) product instead of an (n, d)
+    residual and its square (2000 x 512, k = 5: 0.8 ms against 1.6 ms); y and s are both
+    small, so nothing cancels."""
     acc = _accumulator_dtype(X.device)
     value = torch.zeros((), dtype=acc, device=X.device)
     grad = torch.zeros(C.shape, dtype=acc, device=X.device)
+    if start is not None:
+        shift = C.to(acc) - start.centers
+        lc = labels
+        cross = (start.residuals @ shift.T).gather(1, lc[:, None])[:, 0]
+        d = (start.sq_norms - 2.0 * cross + (shift * shift).sum(1)[lc]).clamp_(min=0.0).sqrt_()
+        d = d.clamp_(min=torch.finfo(acc).tiny)
+        t = (d - epsilon) / smooth
+        soft, slope = torch.nn.functional.softplus(t), torch.sigmoid(t) / d
+        if sample_weight is not None:
+            w = sample_weight.to(acc)
+            soft, slope = soft * w, slope * w
+        value += smooth * soft.sum()
+        # the gradient -sum_i slope_i (x_i - c) = -sum_i slope_i y_i + (sum_i slope_i) s_c
+        grad -= _chunk_sums(start.residuals, lc, C.shape[0], slope)
+        grad += torch.zeros(C.shape[0], dtype=acc, device=X.device).index_add_(0, lc, slope)[:, None] * shift
+        return float(value), grad
     for s in _row_slices(X.shape[0], _pass_rows(X, max_chunk_bytes)):
         lc = labels[s]
         r = X[s].to(acc) - C[lc].to(acc)
@@ -896,6 +919,21 @@ def _smoothed_epsilon(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, ep
         value += smooth * soft.sum()
         grad += _chunk_sums(r, lc, C.shape[0], -slope)
     return float(value), grad
+
+
+class _PolishStart:
+    """The rows' float64 residuals to their centers at the start of the polish and their
+    squared norms (for `_smoothed_epsilon`'s product form)."""
+
+    # the (n, k) product pays for few centers on many values (2000 x 512, k = 5: 1.5 ms a
+    # pass against 3.4 ms); on small problems its extra operations cost more (400 x 64)
+    MAX_CENTERS = 8
+    MIN_VALUES = 2**17
+
+    def __init__(self, rows: torch.Tensor, labels: torch.Tensor, C: torch.Tensor):
+        self.centers = C.to(rows.dtype)
+        self.residuals = rows - self.centers[labels]
+        self.sq_norms = (self.residuals * self.residuals).sum(1)
 
 
 def polish_centers(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, epsilon: float,
@@ -914,9 +952,13 @@ def polish_centers(X: torch.Tensor, labels: torch.Tensor, C: torch.Tensor, epsil
     acc = _accumulator_dtype(X.device)
     # ~40 gradient passes follow: convert the rows once where the copy is small
     # (2000 x 512: 8 MB), else each pass converts its chunk
-    rows = X.to(acc) if X.numel() * 8 <= min(max_chunk_bytes, _POLISH_COPY_BYTES) else X
+    small = X.numel() * 8 <= min(max_chunk_bytes, _POLISH_COPY_BYTES)
+    rows = X.to(acc) if small else X
+    start = _PolishStart(rows, labels, C) if small and C.shape[0] <= _PolishStart.MAX_CENTERS \
+        and X.numel() >= _PolishStart.MIN_VALUES else None
     with _one_blas_thread():
-        flat = _lbfgs_stages(rows, labels, C, epsilon, flat, stages, max_iter, max_chunk_bytes, sample_weight)
+        flat = _lbfgs_stages(rows, labels, C, epsilon, flat, stages, max_iter, max_chunk_bytes, sample_weight,
+                             start)
     polished = torch.from_numpy(flat.reshape(C.shape)).to(device=C.device, dtype=C.dtype)
     after = cluster_objectives(X, polished, labels, "epsilon_insensitive", epsilon, sample_weight)
     better = (after < before) & torch.isfinite(after)
@@ -944,7 +986,8 @@ def _blas_controller():
     return ThreadpoolController()
 
 
-def _lbfgs_stages(X, labels, C, epsilon, flat, stages, max_iter, max_chunk_bytes, sample_weight) -> np.ndarray:
+def _lbfgs_stages(X, labels, C, epsilon, flat, stages, max_iter, max_chunk_bytes, sample_weight,
+                  start=None) -> np.ndarray:
     from scipy.optimize import minimize
 
     for stage in stages:
@@ -952,7 +995,8 @@ def _lbfgs_stages(X, labels, C, epsilon, flat, stages, max_iter, max_chunk_bytes
 
         def value_and_grad(values: np.ndarray, smooth=smooth) -> tuple[float, np.ndarray]:
             centers = torch.from_numpy(values.reshape(C.shape)).to(X.device)
-            value, grad = _smoothed_epsilon(X, labels, centers, epsilon, smooth, max_chunk_bytes, sample_weight)
+            value, grad = _smoothed_epsilon(X, labels, centers, epsilon, smooth, max_chunk_bytes, sample_weight,
+                                            start)
             return value, grad.double().cpu().numpy().ravel()
 
         flat = minimize(value_and_grad, flat, jac=True, method="L-BFGS-B",
