@@ -9,6 +9,8 @@ moves every center to (or towards) the minimiser of its members' loss
 (`losses.update_centers`); both steps never raise the objective, so the loop stops when
 labels stop changing or the objective's relative change falls below `tol`. `n_init`
 seeded restarts run and the lowest objective wins; the same seed gives the same result.
+On small problems the restarts run as one batched computation (`BATCH_MAX_ELEMENTS`), on
+one CPU thread (`ONE_THREAD_MAX_ELEMENTS`): there the time is per-operation overhead.
 Computation is float32 on the chosen device (CUDA when available), sums in float64.
 """
 
