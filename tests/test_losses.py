@@ -192,3 +192,26 @@ def test_weighted_means_match_numpy_on_both_summation_paths(k, dtype):
         np.testing.assert_allclose(coords[c].numpy(), expected, rtol=tol)
     assert (rows[k - 1] == 9.0).all() and (coords[k - 1] == 9.0).all()
     assert seen[0] == n and calls[0] > 1  # every row, in several chunks (the small budget)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_polish_product_form_matches_the_direct_residuals(weighted):
+    # the epsilon polish's two ways to its smoothed objective (the (n, k) product form for
+    # few centers on many values, the direct residual pass otherwise) agree, gradient too;
+    # checked against a finite difference of the value
+    X = torch.from_numpy(vgg_like(300, 12, 4, seed=3, outliers=0.1)).double()
+    labels = torch.from_numpy(np.random.default_rng(0).integers(0, 4, 300))
+    start = torch.stack([X[labels == c].mean(0) for c in range(4)])
+    C = start + 0.05 * torch.from_numpy(np.random.default_rng(1).normal(size=start.shape))
+    w = torch.from_numpy(np.random.default_rng(2).random(300)) if weighted else None
+    form = L._PolishStart(X, labels, start)
+    for smooth in (1e-3, 1e-6):
+        direct = L._smoothed_epsilon(X, labels, C, 2.5, smooth, L.DEFAULT_MAX_CHUNK_BYTES, w)
+        product = L._smoothed_epsilon(X, labels, C, 2.5, smooth, L.DEFAULT_MAX_CHUNK_BYTES, w, start=form)
+        assert product[0] == pytest.approx(direct[0], rel=1e-12)
+        torch.testing.assert_close(product[1], direct[1], rtol=1e-9, atol=1e-12)
+    step = torch.zeros_like(C)
+    step[2, 5] = 1e-6
+    plus = L._smoothed_epsilon(X, labels, C + step, 2.5, 1e-3, L.DEFAULT_MAX_CHUNK_BYTES, w, start=form)[0]
+    minus = L._smoothed_epsilon(X, labels, C - step, 2.5, 1e-3, L.DEFAULT_MAX_CHUNK_BYTES, w, start=form)[0]
+    assert (plus - minus) / 2e-6 == pytest.approx(float(product[1][2, 5]), rel=1e-4)
