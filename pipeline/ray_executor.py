@@ -106,7 +106,12 @@ class Embedder:
     """One model on one worker: a batch of paths -> (sha1, reason, ok) per path, rows, pid.
     Decoding happens here, exactly as a local DataLoader worker does it (PhotoDataset)."""
 
-    def __init__(self, weights, resize: str, device: str, dtype: str, threads: int):
+    def __init__(self, weights: list, resize: str, device: str, dtype: str, threads: int):
+        import ray
+
+        # [ref]: a reference inside a list is not resolved by Ray before the call, so a restart
+        # fetches the weights again from the driver, which holds them until close()
+        weights = ray.get(weights[0])
         torch.set_num_threads(threads)
         self.device = torch.device(device)
         self.half = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
@@ -213,7 +218,7 @@ class RayCluster:
         precision = check_probes(ray.get(refs), root, self.address)
         self.dtype = precision
         self.half = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[precision]
-        self.nodes = len(nodes)
+        self.nodes = last_stats.nodes = len(nodes)
         self.describe = f"ray ({self.device}, {self.nodes} node(s) at {self.address})"
 
     def embed(self, todo, weights, cfg, device=None, half=None, progress=None, desc: str = "extract"):
@@ -222,14 +227,13 @@ class RayCluster:
         global last_stats
         ray = self.ray
         stats = last_stats
-        stats.nodes = self.nodes
         batches = [todo[i:i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
         n = min(self.capacity, len(batches))
         stats.actors = n
         # once; every actor, and a restarted one, loads it from the object store (held until close())
         weights_ref = self.weights_ref = ray.put(weights)
         actor = ray.remote(Embedder).options(**self.resources, max_restarts=RESTARTS, max_task_retries=RESTARTS)
-        self.actors = [actor.remote(weights_ref, cfg.resize, self.device, self.dtype, 1) for _ in range(n)]
+        self.actors = [actor.remote([weights_ref], cfg.resize, self.device, self.dtype, 1) for _ in range(n)]
         self.log(f"ray: {len(batches)} batch(es) to {n} embedder(s) on {self.device} across {self.nodes} node(s)")
         alive = set(range(n))
         load = [0] * n

@@ -73,7 +73,7 @@ def cluster():
 
 def test_ray_matches_local_survives_a_killed_embedder_and_reruns_send_nothing(tmp_path, cluster):
     photos = tmp_path / "photos"
-    make_photos(photos, 12)
+    make_photos(photos, 10)
     (photos / "b" / "empty.png").write_bytes(b"")  # unreadable: a NaN row on both paths
     local, remote = tmp_path / "local", tmp_path / "remote"
     run(photos, local, LOCAL)
@@ -91,8 +91,8 @@ def test_ray_matches_local_survives_a_killed_embedder_and_reruns_send_nothing(tm
 
     report = run(photos, remote, ray_cfg(cluster.address), on_batch=kill_an_embedder)
     stats = ray_executor.last_stats
-    assert (report.decoded, report.embedded, report.unreadable) == (13, 12, 1)
-    assert (stats.nodes, stats.actors, stats.batches_back) == (2, 2, 7)
+    assert (report.decoded, report.embedded, report.unreadable) == (11, 10, 1)
+    assert (stats.nodes, stats.actors, stats.batches_back) == (2, 2, 6)
     pid, seen = killed[0]
     assert pid not in stats.pids[seen:], "a batch came back from the killed process"
     assert stats.restarts >= 1, f"Ray did not restart the killed embedder: {stats}"
@@ -100,12 +100,9 @@ def test_ray_matches_local_survives_a_killed_embedder_and_reruns_send_nothing(tm
     assert (remote / "cache_key.json").read_text() == (local / "cache_key.json").read_text()
     assert_same_features(remote, local)
 
-    again = run(photos, remote, ray_cfg(cluster.address))
-    assert (again.decoded, again.reused, ray_executor.last_stats.batches_sent) == (0, 13, 0)
-
-    make_photos(photos / "new", 1, seed=7)
+    make_photos(photos / "new", 1, seed=7)  # only the new photo goes to the cluster
     more = run(photos, remote, ray_cfg(cluster.address))
-    assert (more.decoded, more.reused, ray_executor.last_stats.batches_sent) == (1, 13, 1)
+    assert (more.decoded, more.reused, ray_executor.last_stats.batches_sent) == (1, 11, 1)
     run(photos, local, LOCAL)
     assert manifest(remote) == manifest(local)
     assert_same_features(remote, local)
@@ -145,6 +142,10 @@ def test_a_killed_driver_resumes_from_its_journal(tmp_path, cluster):
     run(photos, clean, LOCAL)
     assert manifest(out) == manifest(clean)
     assert_same_features(out, clean)
+
+    again = run(photos, out, ray_cfg(cluster.address))  # nothing new: nothing goes to the cluster
+    assert (again.decoded, again.reused, ray_executor.last_stats.batches_sent) == (0, 8, 0)
+    assert ray_executor.last_stats.nodes == 2  # it did reach the cluster (the probe), and sent no batch
 
 
 def test_a_node_that_cannot_see_the_photos_is_refused_in_one_line(tmp_path):
