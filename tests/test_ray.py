@@ -71,43 +71,6 @@ def cluster():
     assert not [pid for node in started.nodes for pid in node.pids()], "processes of the test cluster outlived stop()"
 
 
-def test_ray_matches_local_survives_a_killed_embedder_and_reruns_send_nothing(tmp_path, cluster):
-    photos = tmp_path / "photos"
-    make_photos(photos, 10)
-    (photos / "b" / "empty.png").write_bytes(b"")  # unreadable: a NaN row on both paths
-    local, remote = tmp_path / "local", tmp_path / "remote"
-    run(photos, local, LOCAL)
-
-    killed = []
-
-    def kill_an_embedder(done: int) -> None:
-        if killed:
-            return
-        # the embedder that sent the batch just journaled has two more batches queued
-        pid = ray_executor.last_stats.pids[-1]
-        assert pid in cluster.embedder_pids(), (pid, cluster.embedder_pids())
-        os.kill(pid, signal.SIGKILL)
-        killed.append((pid, len(ray_executor.last_stats.pids)))
-
-    report = run(photos, remote, ray_cfg(cluster.address), on_batch=kill_an_embedder)
-    stats = ray_executor.last_stats
-    assert (report.decoded, report.embedded, report.unreadable) == (11, 10, 1)
-    assert (stats.nodes, stats.actors, stats.batches_back) == (2, 2, 6)
-    pid, seen = killed[0]
-    assert pid not in stats.pids[seen:], "a batch came back from the killed process"
-    assert stats.restarts >= 1, f"Ray did not restart the killed embedder: {stats}"
-    assert manifest(remote) == manifest(local)
-    assert (remote / "cache_key.json").read_text() == (local / "cache_key.json").read_text()
-    assert_same_features(remote, local)
-
-    make_photos(photos / "new", 1, seed=7)  # only the new photo goes to the cluster
-    more = run(photos, remote, ray_cfg(cluster.address))
-    assert (more.decoded, more.reused, ray_executor.last_stats.batches_sent) == (1, 11, 1)
-    run(photos, local, LOCAL)
-    assert manifest(remote) == manifest(local)
-    assert_same_features(remote, local)
-
-
 KILL_DRIVER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
@@ -125,27 +88,52 @@ KILL_DRIVER = textwrap.dedent("""
 """)
 
 
-def test_a_killed_driver_resumes_from_its_journal(tmp_path, cluster):
+def test_ray_run_killed_driver_and_killed_embedder_gives_the_local_result(tmp_path, cluster):
+    """One run through every failure (one test: each Ray run costs seconds of start-up)."""
     photos = tmp_path / "photos"
-    make_photos(photos, 8)
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", KILL_DRIVER, str(photos), str(out), cluster.address], cwd=REPO,
+    make_photos(photos, 14)
+    (photos / "b" / "empty.png").write_bytes(b"")  # unreadable: a NaN row on both paths
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    run(photos, local, LOCAL)
+
+    # 1. the driver is killed after two batches: they are in its journal
+    proc = subprocess.run([sys.executable, "-c", KILL_DRIVER, str(photos), str(remote), cluster.address], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-3000:]
-    assert not (out / "features.npy").exists()
-    assert (out / "journal" / "entries.jsonl").read_text().count("\n") == 4
+    assert not (remote / "features.npy").exists()
+    assert (remote / "journal" / "entries.jsonl").read_text().count("\n") == 4
 
-    resumed = run(photos, out, ray_cfg(cluster.address))
-    assert (resumed.decoded, resumed.reused) == (4, 4)
-    assert not (out / "journal").exists()
-    clean = tmp_path / "clean"
-    run(photos, clean, LOCAL)
-    assert manifest(out) == manifest(clean)
-    assert_same_features(out, clean)
+    # 2. the rerun sends only the other 11 files, and an embedder is killed mid-run
+    killed = []
 
-    again = run(photos, out, ray_cfg(cluster.address))  # nothing new: nothing goes to the cluster
-    assert (again.decoded, again.reused, ray_executor.last_stats.batches_sent) == (0, 8, 0)
-    assert ray_executor.last_stats.nodes == 2  # it did reach the cluster (the probe), and sent no batch
+    def kill_an_embedder(done: int) -> None:
+        if killed:
+            return
+        # the embedder of the batch just journaled has its next batch queued: Ray must retry it
+        pid = ray_executor.last_stats.pids[-1]
+        assert pid in cluster.embedder_pids(), (pid, cluster.embedder_pids())
+        os.kill(pid, signal.SIGKILL)
+        killed.append((pid, len(ray_executor.last_stats.pids)))
+
+    report = run(photos, remote, ray_cfg(cluster.address), on_batch=kill_an_embedder)
+    stats = ray_executor.last_stats
+    assert (report.decoded, report.reused, report.embedded, report.unreadable) == (11, 4, 14, 1)
+    assert (stats.nodes, stats.actors, stats.batches_sent, stats.batches_back) == (2, 2, 6, 6)
+    pid, seen = killed[0]
+    assert pid not in stats.pids[seen:], "a batch came back from the killed process"
+    assert stats.restarts >= 1, f"Ray did not restart the killed embedder: {stats}"
+    assert not (remote / "journal").exists()
+
+    # 3. the same result as the local path: manifest, cache key, features
+    assert manifest(remote) == manifest(local)
+    assert (remote / "cache_key.json").read_text() == (local / "cache_key.json").read_text()
+    assert_same_features(remote, local)
+
+    # 4. nothing new: nothing goes to the cluster
+    again = run(photos, remote, ray_cfg(cluster.address))
+    assert (again.decoded, again.reused) == (0, 15)
+    assert (ray_executor.last_stats.nodes, ray_executor.last_stats.batches_sent) == (2, 0)
+    assert manifest(remote) == manifest(local)
 
 
 def test_a_node_that_cannot_see_the_photos_is_refused_in_one_line(tmp_path):
