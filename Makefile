@@ -16,6 +16,8 @@ endif
 CONFIG ?= pipeline.toml
 # make run MODEL=efficientnet-lite0: the network that embeds the photos (default: the config's, vgg16)
 MODEL ?=
+# make features EXECUTOR=ray [RAY_ADDRESS=HOST:PORT]: embed on a Ray cluster (README: More than one machine)
+EXECUTOR ?=
 # Optional overrides passed to the cluster stage, e.g. `make cluster K=6 LOSSES=square,huber`.
 K ?=
 LOSSES ?=
@@ -42,7 +44,7 @@ $(STAMP): pyproject.toml pipeline/oxford-weights.txt pipeline/lite-weights.txt
 run: features cluster represent dupes sheets
 
 features: $(STAMP)
-	$(PY) -m pipeline extract $(call q,$(PHOTOS)) --out $(call q,$(OUT)) --config $(call q,$(CONFIG)) $(if $(MODEL),--model $(call q,$(MODEL)))
+	$(PY) -m pipeline extract $(call q,$(PHOTOS)) --out $(call q,$(OUT)) --config $(call q,$(CONFIG)) $(if $(MODEL),--model $(call q,$(MODEL))) $(if $(EXECUTOR),--executor $(call q,$(EXECUTOR))) $(if $(RAY_ADDRESS),--ray-address $(call q,$(RAY_ADDRESS)))
 
 cluster: $(STAMP)
 	$(PY) -m pipeline cluster --out $(call q,$(OUT)) $(CLUSTER_ARGS)
