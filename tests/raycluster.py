@@ -102,8 +102,11 @@ class Cluster:
             if node.proc.poll() is None:
                 node.proc.kill()
                 node.proc.wait(timeout=10)
-        for folder in self.folders:
-            shutil.rmtree(folder, ignore_errors=True)
+        for path in self.folders:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 # Telemetry off; no token authentication (a loopback cluster of one test; without this, Ray

@@ -69,6 +69,7 @@ def cluster():
         started.stop()
         mp.undo()
     assert not [pid for node in started.nodes for pid in node.pids()], "processes of the test cluster outlived stop()"
+    assert not [path for path in started.folders if path.exists()], "the test cluster's files outlived stop()"
 
 
 KILL_DRIVER = textwrap.dedent("""
