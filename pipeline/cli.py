@@ -67,6 +67,15 @@ def _add_extract_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
     p.add_argument("--precision", default=None,
                    help="auto (bf16 where the CPU or GPU computes it natively, else fp32) | fp32 | bf16")
+    p.add_argument("--executor", default=None,
+                   help="local (default): embed on this machine | ray: on a Ray cluster (pip install "
+                        "'photoclust[ray]'; every node must see the photo folder at the same path)")
+    p.add_argument("--ray-address", default=None,
+                   help="with --executor ray: auto (default: RAY_ADDRESS, or the cluster `ray start` made on this "
+                        "machine) | HOST:PORT of the head | local (a one-machine Ray for this run)")
+    p.add_argument("--ray-actors", default=None,
+                   help="with --executor ray: embedders to start (default auto: one per GPU of the cluster, "
+                        "else one per CPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of --weights random")
 
 
@@ -331,7 +340,8 @@ def _load(args: argparse.Namespace, extract: bool = False, cluster: bool = False
     from .config import load_config
 
     ext = dict(model=args.model, weights=args.weights, resize=args.resize, batch_size=args.batch_size, workers=args.workers,
-               device=args.device, precision=args.precision) if extract else None
+               device=args.device, precision=args.precision, executor=args.executor, ray_address=args.ray_address,
+               ray_actors=args.ray_actors) if extract else None
     clu = None
     if cluster:  # sweep has only some of the cluster options
         clu = {key: getattr(args, attr, None) for key, attr in (

@@ -21,6 +21,7 @@ DEFAULT_CONFIG = Path("pipeline.toml")
 RESIZE_MODES = ("crop", "squash")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+EXECUTORS = ("local", "ray")
 NORMALIZATIONS = ("l2", "none")
 SECTIONS = ("extract", "cluster", "render")
 
@@ -34,6 +35,9 @@ class ExtractConfig:
     workers: int | None = None  # None = auto
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16: bf16 where the device computes it natively
+    executor: str = "local"  # local | ray: embed on this machine or on a Ray cluster (ray_executor.py)
+    ray_address: str = "auto"  # auto (RAY_ADDRESS or the cluster started on this machine) | HOST:PORT | local
+    ray_actors: int | None = None  # None = auto: one embedder per GPU of the cluster, else one per CPU
 
 
 @dataclass(frozen=True)
@@ -204,6 +208,7 @@ def _validate_extract(values: dict[str, Setting]) -> ExtractConfig:
     cfg = ExtractConfig()
     get = partial(_get, values, cfg, "extract")
     workers = _int(get("workers"), 0, auto="auto") if "workers" in values else None
+    actors = _int(get("ray_actors"), 1, auto="auto") if "ray_actors" in values else None
     return replace(
         cfg,
         model=_choice(get("model"), MODEL_NAMES),
@@ -213,6 +218,9 @@ def _validate_extract(values: dict[str, Setting]) -> ExtractConfig:
         workers=None if workers == "auto" else workers,
         device=_choice(get("device"), DEVICES),
         precision=_choice(get("precision"), PRECISIONS),
+        executor=_choice(get("executor"), EXECUTORS),
+        ray_address=_text(get("ray_address"), "auto, local or HOST:PORT of a Ray cluster's head"),
+        ray_actors=None if actors == "auto" else actors,
     )
 
 

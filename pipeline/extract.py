@@ -183,8 +183,25 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
 
     weights = backbones.resolve(cfg.model, cfg.weights, seed=seed, log=log)
     dim = backbones.feature_dim(weights)
-    device = resolve_device(cfg.device, prefer_mps=True)
-    half = autocast_dtype(cfg.precision, device, log)
+    cluster = None
+    if cfg.executor == "ray":  # the only place the local path and Ray meet; Ray is imported only here
+        from . import ray_executor
+
+        cluster = ray_executor.connect(cfg, root, files, log)
+        device, half, embed = cluster.describe, cluster.half, cluster.embed
+    else:
+        device = resolve_device(cfg.device, prefer_mps=True)
+        half = autocast_dtype(cfg.precision, device, log)
+        embed = embed_files
+    try:
+        return _extract(root, out_dir, cfg, scan, files, weights, dim, device, half, embed, started, log, on_batch,
+                        progress)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _extract(root, out_dir, cfg, scan, files, weights, dim, device, half, embed, started, log, on_batch, progress):
     key = cache_key(weights, cfg.resize, precision_name(half))
     activate_key(out_dir, key)
     report = ExtractReport(weights_id=weights.id, device=str(device), cache_key_id=key_id(key))
@@ -220,7 +237,7 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
     if todo:
         log(f"decoding {len(todo)} new or changed image(s) of {len(current)} with {weights.model} ({weights.id}) "
             f"on {device}")
-        for entries, rows in embed_files(todo, weights, cfg, device, half, progress):
+        for entries, rows in embed(todo, weights, cfg, device, half, progress):
             journal.append(entries, rows)
             journal_entries.extend(entries)
             for e, row in zip(entries, rows):

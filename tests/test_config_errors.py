@@ -208,3 +208,15 @@ def test_cluster_and_sweep_name_the_file_key_of_an_absurd_parameter(features_cac
     for args in (["cluster", "--losses", "correntropy"], ["sweep", "--losses", "correntropy", "--k-range", "2:3"]):
         assert main([*args, "--out", str(features_cache), "--config", str(config)]) == 2
         assert "cfg.toml: cluster.params.correntropy: sigma = 1e-30 is outside" in one_error_line(capsys)
+
+
+def test_executor_settings_name_the_flag_or_key(tmp_path):
+    with pytest.raises(UserError, match=r"--executor must be one of local, ray; got spark"):
+        load_config(None, extract={"executor": "spark"})
+    with pytest.raises(UserError, match=r"--ray-actors must be an integer >= 1 or \"auto\", got 0"):
+        load_config(None, extract={"ray_actors": "0"})
+    cfg = write_toml(tmp_path, '[extract]\nexecutor = "ray"\nray_address = "10.0.0.1:6379"\nray_actors = 3\n')
+    ext = load_config(cfg).extract
+    assert (ext.executor, ext.ray_address, ext.ray_actors) == ("ray", "10.0.0.1:6379", 3)
+    with pytest.raises(UserError, match=r"cfg.toml: extract.ray_address must be"):
+        load_config(write_toml(tmp_path, '[extract]\nray_address = ""\n'))
