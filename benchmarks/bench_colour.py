@@ -8,7 +8,7 @@ and 16, one run of each method on every pixel of each size:
                 loss="square", space="rgb")`: the engine on the distinct colours weighted by
                 their pixel counts (pooled by colour bins beyond MAX_FIT_POINTS), from the
                 image array (its pixel codes included), on one thread as the colour
-                commands run it (`colour.one_thread`)
+                commands run it (`threads.one_thread`)
   ours_lab      the same in CIELAB, the default of `palette` and `quantize` (another objective:
                 its RGB inertia is shown, but it minimises Lab distances)
   kmeans        scikit-learn `KMeans(n_clusters=k, n_init=1, random_state=0)` (n_init=1 is
@@ -84,7 +84,7 @@ def timed(fn, repeats: int = 1):
 
 
 def palette(image: np.ndarray, k: int, space: str) -> C.ColourFit:
-    """What a colour command does first, on one thread as they run (`colour.one_thread`)."""
+    """What a colour command does first, on one thread as they run (`threads.one_thread`)."""
     with Q.one_thread():
         return C.fit_colours(C.colours_of(C.pixel_codes(image)), k, "square", space, seed=0)
 

@@ -101,17 +101,9 @@ def _head(key: str) -> bool:
 
 
 def _state_dict_file(backbone: Backbone, path: Path) -> Weights:
-    if not path.is_file():
-        raise UserError(f"--weights {path}: no such file; for --model {backbone.name} use auto, imagenet, random "
-                        "or the path of its state dict (.pth)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"--weights {path}: cannot read it as a torch state dict ({exc})") from None
-    if not isinstance(state, dict):
-        raise UserError(f"--weights {path}: expected a state dict, found {type(state).__name__}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return Weights(f"file:{path.name}:sha256={digest}", state, backbone.preprocess(), model=backbone.name)
+    state, weights_id = vgg.read_state_dict(
+        path, f"for --model {backbone.name} use auto, imagenet, random or the path of its state dict (.pth)")
+    return Weights(weights_id, state, backbone.preprocess(), model=backbone.name)
 
 
 # ----------------------------------------------------------------------------- EfficientNet-Lite0

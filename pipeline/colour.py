@@ -16,10 +16,11 @@ is the Euclidean distance), so palettes cluster in Lab by default.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
+
+from .threads import one_thread
 
 SPACES = ("lab", "rgb")
 # sRGB (linear) -> XYZ, D65 (IEC 61966-2-1 primaries)
@@ -191,31 +192,6 @@ def _pooled(points: np.ndarray, colours: Colours) -> tuple[np.ndarray, np.ndarra
     means = np.stack([np.bincount(bins, weights=points[:, j] * colours.counts, minlength=len(weight))[used]
                       for j in range(points.shape[1])], axis=1) / weight[used, None]
     return means.astype(np.float32), weight[used]
-
-
-@contextlib.contextmanager
-def one_thread():
-    """torch and NumPy's BLAS on one thread while a colour command computes (the settings
-    come back after). Its steps are many small ones (a weighted fit of some 20,000 colours,
-    3 x 3 colour transforms of 500,000 rows), where a second thread costs more in
-    synchronisation than it saves, and far more when other processes share the cores: on
-    the 2-core development machine under load, Lab conversion of a 12 MP photo's 464,000
-    colours took 120 ms with OpenBLAS on two threads and 1.3 ms on one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - slower, same numbers
-        limits = contextlib.nullcontext()
-    else:
-        limits = threadpool_limits(limits=1, user_api="blas")
-    try:
-        with limits:
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def fit_colours(colours: Colours, k: int, loss: str = "square", space: str = "lab", *, seed: int = 0,

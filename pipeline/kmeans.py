@@ -33,6 +33,7 @@ import torch
 
 from . import losses as L
 from .losses import LossInputError
+from .threads import one_torch_thread
 
 # Restarts run as one batched computation while their stacked copies of X hold at most
 # this many values (400 x 64 with 4 restarts: 102,400); larger problems run them in turn.
@@ -630,15 +631,9 @@ def _threads_for(X: torch.Tensor):
     """A small problem on the CPU runs on one torch thread (the previous setting comes back
     after): its operations are too small to split, and a second thread costs more in
     synchronisation than it saves, far more when other processes share the cores."""
-    if X.device.type != "cpu" or X.numel() > ONE_THREAD_MAX_ELEMENTS or torch.get_num_threads() == 1:
+    small_on_cpu = X.device.type == "cpu" and X.numel() <= ONE_THREAD_MAX_ELEMENTS
+    with one_torch_thread() if small_on_cpu else contextlib.nullcontext():
         yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=1)

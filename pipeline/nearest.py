@@ -22,7 +22,6 @@ full-data pass of `photoclust patches`.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ import torch
 
 from . import losses as L
 from .errors import UserError
+from .threads import one_torch_thread
 
 BACKENDS = ("auto", "torch", "faiss")
 CHUNK_ROWS = 1 << 18  # rows converted to float32 at a time in a full pass (26 MB at d = 25)
@@ -78,16 +78,6 @@ def _pool():
     return _POOL
 
 
-@contextlib.contextmanager
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 class Searcher:
     """Nearest of the centers C (k, d) for blocks of rows, by one backend."""
 
@@ -125,7 +115,7 @@ class Searcher:
             for start in starts:
                 block(start)
         else:  # blocks in parallel threads, each on one torch thread (see _cpu_workers)
-            with _one_torch_thread():
+            with one_torch_thread():
                 list(_pool().map(block, starts))
         return labels, best.clamp_(min=0)
 

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import colour as C
-from .colour import one_thread
+from .threads import one_thread
 from .errors import UserError
 
 DITHERS = ("none", "floyd-steinberg")

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from . import colour as C
 from .errors import UserError
-from .colour import one_thread
+from .threads import one_thread
 from .quantize import MAX_K, read_image, same_file
 
 SAMPLE_PIXELS = 150_000
@@ -99,7 +99,7 @@ def _rms(values: np.ndarray, mean: np.ndarray) -> float:
 
 def segment_image(image: np.ndarray, k: int = DEFAULT_K, xy_weight: float = DEFAULT_XY_WEIGHT,
                   loss: str = "square", seed: int = 0, sample: int = SAMPLE_PIXELS) -> Segmentation:
-    """`image` (h, w, 3) uint8 cut into at most k segments (one thread: see colour.one_thread)."""
+    """`image` (h, w, 3) uint8 cut into at most k segments (one thread: see threads.one_thread)."""
     with one_thread():
         return _segment(image, k, xy_weight, loss, seed, sample)
 

@@ -191,10 +191,11 @@ def load_random(seed: int) -> Weights:
     return Weights(f"random:seed={seed}", state, torchvision_preprocess(), semantic=False)
 
 
-def load_state_dict_file(path: Path) -> Weights:
+def read_state_dict(path: Path, choices: str) -> tuple[dict, str]:
+    """The state dict saved at `path` (tensors only: `weights_only`) and its weights id;
+    `choices` completes the one-line error ("use ... or a path to ...")."""
     if not path.is_file():
-        raise UserError(f"--weights {path}: no such file; use auto, imagenet, oxford, random or a path "
-                        "to a torchvision VGG16 state dict (.pth)")
+        raise UserError(f"--weights {path}: no such file; {choices}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -202,7 +203,13 @@ def load_state_dict_file(path: Path) -> Weights:
     if not isinstance(state, dict):
         raise UserError(f"--weights {path}: expected a state dict, found {type(state).__name__}")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return Weights(f"file:{path.name}:sha256={digest}", _features_only(state), torchvision_preprocess())
+    return state, f"file:{path.name}:sha256={digest}"
+
+
+def load_state_dict_file(path: Path) -> Weights:
+    state, weights_id = read_state_dict(
+        path, "use auto, imagenet, oxford, random or a path to a torchvision VGG16 state dict (.pth)")
+    return Weights(weights_id, _features_only(state), torchvision_preprocess())
 
 
 def oxford_onnx_path() -> Path | None:
