@@ -103,6 +103,19 @@ def assert_same_outputs(out: Path, clean: Path, skip: tuple[str, ...] = ("index.
             assert same_file(out / rel, clean / rel), rel
 
 
+def every_kill_reruns_clean(runner, argv, points: list[str], clean: Path, prepare, skip=("index.html",)) -> None:
+    """For each write point n: a run killed there (SIGKILL, no cleanup), then the same run
+    again, gives exactly the clean run's files and leaves no temporary file. `prepare(n)`
+    makes the starting folder of that try and returns it."""
+    for n, name in enumerate(points, start=1):
+        target = prepare(n)
+        assert runner(argv(target), kill_at=n) == -9, name
+        assert runner(argv(target)) == 0, name
+        assert_same_outputs(target, clean, skip=skip)
+        assert not leftovers(target), name
+        shutil.rmtree(target)
+
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     """Three photos committed in `base`; then one deleted and one added (same count)."""
@@ -170,14 +183,8 @@ def test_each_stage_killed_at_every_write_point_reruns_to_the_clean_result(runne
         shutil.copytree(before, probe)
         points = write_points(runner, argv(probe), tmp_path / "log")
         shutil.rmtree(probe)
-        for n, name in enumerate(points, start=1):
-            out = tmp_path / f"kill{n}"
-            shutil.copytree(before, out)
-            assert runner(argv(out), kill_at=n) == -9, name
-            assert runner(argv(out)) == 0, name
-            assert_same_outputs(out, clean)
-            assert not leftovers(out), name
-            shutil.rmtree(out)
+        every_kill_reruns_clean(runner, argv, points, clean,
+                                lambda n: Path(shutil.copytree(before, tmp_path / f"kill{n}")))
         before = clean
     for stage_file in ("assignments.csv", "centers.npy", "summary.json", "representatives.csv", "losses.png",
                        "cluster_1.html", "index.html", "square.json", "evaluation.csv", "assigned.csv",
@@ -232,12 +239,8 @@ def test_export_killed_at_every_write_point_gives_the_clean_folders(runner, extr
         assert runner(argv(clean)) == 0
         assert runner(argv(clean)) == 0  # a re-export over itself is the same folder
         points = write_points(runner, argv(tmp_path / f"probe{len(copy)}"), tmp_path / "log")
-        for n, name in enumerate(points, start=1):
-            target = tmp_path / f"kill{len(copy)}_{n}"
-            assert runner(argv(target), kill_at=n) == -9, name
-            assert runner(argv(target)) == 0, name
-            assert_same_outputs(target, clean, skip=(".photoclust-export",))
-            assert not leftovers(target), name
+        every_kill_reruns_clean(runner, argv, points, clean, lambda n: tmp_path / f"kill{len(copy)}_{n}",
+                                skip=(".photoclust-export",))
     photos_after = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
     assert len([p for p in photos_after if p.endswith((".jpg", ".png"))]) == 3  # the photos are untouched
 
@@ -255,13 +258,7 @@ def test_palette_killed_at_every_write_point_gives_the_clean_folder(runner, tmp_
     assert runner(argv(clean)) == 0
     points = write_points(runner, argv(tmp_path / "probe"), tmp_path / "log")
     assert any("palette.json" in p for p in points) and any("img_00.png.palette.png" in p for p in points)
-    for n, name in enumerate(points, start=1):
-        target = tmp_path / f"kill{n}"
-        assert runner(argv(target), kill_at=n) == -9, name
-        assert runner(argv(target)) == 0, name
-        assert_same_outputs(target, clean, skip=())
-        assert not leftovers(target), name
-        shutil.rmtree(target)
+    every_kill_reruns_clean(runner, argv, points, clean, lambda n: tmp_path / f"kill{n}", skip=())
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
     assert (clean / "palette.csv").is_file() and (clean / "photos" / "b" / "img_00.png.palette.json").is_file()
 
@@ -287,12 +284,7 @@ def test_quantize_and_segment_killed_at_every_write_point_give_the_clean_files(r
         assert runner(argv(clean)) == 0
         points = write_points(runner, argv(fresh(f"probe_{label}")), tmp_path / "log")
         assert len(points) >= 2, points
-        for n, name in enumerate(points, start=1):
-            target = fresh(f"kill_{label}_{n}")
-            assert runner(argv(target), kill_at=n) == -9, name
-            assert runner(argv(target)) == 0, name
-            assert_same_outputs(target, clean, skip=())
-            assert not leftovers(target), name
+        every_kill_reruns_clean(runner, argv, points, clean, lambda n: fresh(f"kill_{label}_{n}"), skip=())
     assert photo.read_bytes() == before
 
 
@@ -317,13 +309,7 @@ def test_patches_killed_at_every_write_point_gives_the_clean_folder(runner, tmp_
     assert runner(argv(clean)) == 0
     points = write_points(runner, argv(tmp_path / "probe"), tmp_path / "log")
     assert any("k00003.json" in p for p in points) and any("patches.json" in p for p in points)
-    for n, name in enumerate(points, start=1):
-        target = tmp_path / f"kill{n}"
-        assert runner(argv(target), kill_at=n) == -9, name
-        assert runner(argv(target)) == 0, name
-        assert_same_outputs(target, clean, skip=())
-        assert not leftovers(target), name
-        shutil.rmtree(target)
+    every_kill_reruns_clean(runner, argv, points, clean, lambda n: tmp_path / f"kill{n}", skip=())
     for made in ("mse.csv", "mse.png", "k00002.npy", "k00003.png", "reconstructions_train.png",
                  "reconstructions_test.png"):
         assert list(clean.rglob(made)), made
