@@ -131,7 +131,7 @@ bench-robust: $(STAMP)
 # weights: precision and recall of near-duplicate pairs per threshold -> outputs/bench/dupes.json
 bench: bench-dupes
 bench-dupes: $(STAMP)
-	$(PY) benchmarks/bench_dupes.py --photos $(call q,$(PHOTOS))
+	$(PY) benchmarks/bench_dupes.py --photos $(call q,$(PHOTOS)) $(if $(MODEL),--model $(call q,$(MODEL)))
 
 # The palette of a 12 MP photo, timed stage by stage, and the sample's render with and without
 # the clusters' colour strips -> outputs/bench/palette.json

@@ -32,7 +32,7 @@ threshold it suggests is the one with the highest F1 of the grouped pairs, ties 
 higher threshold. With --scale N it also times `find_duplicates` on N random 512-d rows
 (1% of them noisy copies of others) in a separate process and reports its peak memory.
 
-    python benchmarks/bench_dupes.py [--photos data/sample] [--weights oxford] [--scale 100000]
+    python benchmarks/bench_dupes.py [--photos data/sample] [--model vgg16] [--weights oxford] [--scale 100000]
 writes outputs/bench/dupes.json (make bench-dupes).
 """
 
@@ -179,12 +179,15 @@ def scale_run(n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=Path, default=REPO / "data" / "sample")
-    parser.add_argument("--weights", default="oxford", help="as extract's --weights (default oxford)")
+    parser.add_argument("--model", default="vgg16", help="as extract's --model (default vgg16)")
+    parser.add_argument("--weights", default=None, help="as extract's --weights (default: oxford for vgg16, else auto)")
     parser.add_argument("--work", type=Path, default=None,
                         help="keep the copies and their features in this folder (a rerun then embeds nothing)")
     parser.add_argument("--scale", type=int, default=0, help="also time find_duplicates on this many random rows")
     parser.add_argument("--scale-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.weights is None:
+        args.weights = "oxford" if args.model == "vgg16" else "auto"
     if args.scale_child:
         scale_run(args.scale_child)
         return
@@ -196,7 +199,7 @@ def main() -> None:
             make_copies(args.photos.resolve(), photos)
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "pipeline", "extract", str(photos), "--out", str(out),
-                        "--weights", args.weights], cwd=REPO, check=True)
+                        "--model", args.model, "--weights", args.weights], cwd=REPO, check=True)
         extract_seconds = time.perf_counter() - started
         embedded = load_embedded(out)
         key = embedded.key
@@ -206,7 +209,7 @@ def main() -> None:
         default_row = next(r for r in study["rows"] if abs(r["threshold"] - DEFAULT_THRESHOLD) < 1e-9)
         result = {
             "command": "make bench-dupes",
-            "weights": args.weights, "precision": key.get("precision"), "extract_seconds": round(extract_seconds, 1),
+            "model": args.model, "weights": args.weights, "precision": key.get("precision"), "extract_seconds": round(extract_seconds, 1),
             "kinds": list(KINDS), **{k: v for k, v in study.items() if k != "rows"},
             "suggested_threshold": best["threshold"], "suggestion_rule": "highest F1 of the pairs in one group, ties to the higher",
             "default_threshold": DEFAULT_THRESHOLD, "at_default": default_row,
@@ -217,7 +220,7 @@ def main() -> None:
         child = subprocess.run([sys.executable, __file__, "--scale-child", str(args.scale)], cwd=REPO, check=True,
                                capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
         result["scale"] = json.loads(child.stdout.strip().splitlines()[-1])
-    path = write_result("dupes", result)
+    path = write_result("dupes" if args.model == "vgg16" else f"dupes_{args.model}", result)
 
     print(f"{'threshold':>9} {'P pairs':>7} {'R pairs':>7} {'F1':>6} {'P groups':>8} {'R groups':>8} {'F1':>6} "
           + " ".join(f"{'R ' + k:>11}" for k in KINDS[1:]) + "  false among originals")

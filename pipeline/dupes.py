@@ -65,6 +65,16 @@ if TYPE_CHECKING:
 # (grouped precision 0.87 at 0.85, 0.26 at 0.80); higher ones miss the half-size and
 # quality-30 copies of these small images (grouped recall 0.85 at 0.90).
 DEFAULT_THRESHOLD = 0.86
+
+
+def model_threshold(key: dict) -> float:
+    """The default threshold for features of the cache key `key`: its model's own, calibrated
+    by `make bench-dupes MODEL=...` (cosines of different networks' features are not on one
+    scale), or DEFAULT_THRESHOLD for a model nobody calibrated."""
+    from .backbones import by_model_id
+
+    backbone = by_model_id(str(key.get("model", "")))
+    return backbone.dupes_threshold if backbone is not None and backbone.dupes_threshold else DEFAULT_THRESHOLD
 BLOCK = 4096
 COLUMNS = ["group", "path", "kind", "similarity"]
 RECORD_FORMAT = 1
@@ -281,17 +291,18 @@ def read_duplicates(out_dir: Path, features_fingerprint: str) -> tuple[pd.DataFr
     return read_frame(Layout(out_dir).duplicates, text_columns=["path", "kind"]), record
 
 
-def dupes_run(out_dir: Path, threshold: float = DEFAULT_THRESHOLD, *, device: str = "auto",
+def dupes_run(out_dir: Path, threshold: float | None = None, *, device: str = "auto",
               log: Callable[[str], None] = print) -> DupesResult:
-    """Find the duplicate groups of `out_dir`'s cached features and write duplicates.csv."""
+    """Find the duplicate groups of `out_dir`'s cached features and write duplicates.csv
+    (`threshold` None: the features' model's own, see model_threshold)."""
     from .cache import OK, load_embedded
     from .kmeans import resolve_device
     from .tables import write_frame
 
     out_dir = Path(out_dir)
     layout = Layout(out_dir)
-    threshold = check_threshold(threshold)
     embedded = load_embedded(out_dir)
+    threshold = check_threshold(model_threshold(embedded.key) if threshold is None else threshold)
     sha1s = [e.sha1 for e in embedded.entries if e.status == OK]
     assert len(sha1s) == len(embedded.paths)
     inputs = _inputs_digest(embedded.fingerprint, sha1s, threshold)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -27,11 +28,11 @@ def sha(i: int) -> str:
 
 
 def synthetic_cache(out: Path, features: np.ndarray, sha1s: list[str] | None = None,
-                    paths: list[str] | None = None) -> None:
+                    paths: list[str] | None = None, key: dict | None = None) -> None:
     n = len(features)
     paths = paths or [f"p/{i:02d}.jpg" for i in range(n)]
     sha1s = sha1s or [sha(i) for i in range(n)]
-    activate_key(out, {"weights": "test"})
+    activate_key(out, key or {"weights": "test"})
     write_cache(out, [Entry(p, 1, 1, s, "ok") for p, s in zip(paths, sha1s)], features)
 
 
@@ -220,6 +221,26 @@ def test_an_edited_or_half_written_duplicates_csv_is_refused_and_rewritten(cache
     (cache / "duplicates.json").unlink()  # as a crash before the record leaves it
     with pytest.raises(UserError, match="incomplete"):
         check_current(cache, fingerprint)
+
+
+@pytest.mark.parametrize("model, expected", [("vgg16", 0.86), ("efficientnet-lite0", 0.82), (None, 0.86)])
+def test_without_a_threshold_each_model_gets_its_own(tmp_path, model, expected):
+    # cosines of different networks' features are on different scales: two photos at cosine
+    # 0.84 are near-duplicates in Lite0's features (calibrated 0.82), not in VGG16's (0.86)
+    from pipeline.backbones import get
+
+    features = np.zeros((3, 8), dtype=np.float32)
+    features[0, 0] = 1.0
+    features[1, :2] = (0.84, np.sqrt(1 - 0.84 ** 2))
+    features[2, 5] = 1.0
+    key = {"weights": "test", **({"model": get(model).model_id} if model else {})}
+    out = tmp_path / "out"
+    synthetic_cache(out, features, key=key)
+    result = dupes_run(out, **quiet)
+    assert result.threshold == expected
+    assert result.photos == (2 if expected < 0.84 else 0)
+    assert json.loads((out / "duplicates.json").read_text())["threshold"] == expected
+    assert dupes_run(out, threshold=0.8, **quiet).photos == 2  # an explicit threshold wins
 
 
 @pytest.mark.parametrize("value", ["0", "1.5", "-0.2", "abc", "nan", ""])
