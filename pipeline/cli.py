@@ -219,9 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "(swatch PNG, CSV, JSON); the photos are only read")
     pal.add_argument("target", metavar="IMAGE_OR_FOLDER", help="a photo, or a folder of photos (searched recursively)")
     pal.add_argument("--k", default="6", help="how many colours (default 6; fewer when the image has fewer)")
-    pal.add_argument("--loss", default="square",
-                     help="the k-means loss: square (default), absolute, huber, pseudo_huber, correntropy, "
-                          "epsilon_insensitive")
+    _add_loss_option(pal)
     pal.add_argument("--space", default="lab",
                      help="lab: cluster in CIELAB, where distance follows perceived difference (default); "
                           "rgb: in sRGB 0-255")
@@ -271,9 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     pat.add_argument("--k", default=None, metavar="KS",
                      help="dictionary sizes: K values or FIRST:LAST[:STEP] ranges, comma-separated "
                           "(default 100:1000:100,2000:10000:1000)")
-    pat.add_argument("--loss", default="square",
-                     help="the k-means loss: square (default), absolute, huber, pseudo_huber, correntropy, "
-                          "epsilon_insensitive (their parameters: auto)")
+    _add_loss_option(pat)
     pat.add_argument("--out", type=Path, default=None,
                      help="output folder (default: outputs/patches/<source name>); finished K there are reused")
     pat.add_argument("--show", default="8", help="images reconstructed per split (train, test) at every K (default 8)")
@@ -286,10 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_colour_options(p: argparse.ArgumentParser) -> None:
+def _add_loss_option(p: argparse.ArgumentParser) -> None:
+    """--loss of the commands that fit one clustering (the names are spelled out here rather
+    than read from the loss registry, which would import torch for every --help)."""
     p.add_argument("--loss", default="square",
                    help="the clustering loss: square (default), absolute, huber, pseudo_huber, correntropy, "
                         "epsilon_insensitive (their parameters: auto)")
+
+
+def _add_colour_options(p: argparse.ArgumentParser) -> None:
+    _add_loss_option(p)
     p.add_argument("--seed", default="0", help="seed of the k-means++ restarts (and of segment's pixel sample; "
                                                 "default 0): the same seed gives the same bytes")
 
