@@ -30,33 +30,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_extract import timed_extract  # noqa: E402
 from benchmarks.common import write_result  # noqa: E402
 from pipeline.config import ExtractConfig  # noqa: E402
-from pipeline.extract import extract_folder  # noqa: E402
 from pipeline.images import scan_images  # noqa: E402
-
-
-def timed(photos: Path, out: Path, cfg: ExtractConfig) -> dict:
-    marks: dict[str, float] = {}
-
-    def log(message: str) -> None:
-        if message.startswith("decoding"):
-            marks["start"] = time.perf_counter()
-
-    def on_batch(done: int) -> None:
-        marks["end"] = time.perf_counter()
-        if "first" not in marks:
-            marks["first"], marks["first_images"] = marks["end"], done
-
-    started = time.perf_counter()
-    report = extract_folder(photos, out, cfg, log=log, on_batch=on_batch, progress=False)
-    total = time.perf_counter() - started
-    rate = report.decoded / (marks["end"] - marks["start"])
-    # after the first batch is back: the models are loaded, what is left is the per-batch cost
-    steady = (report.decoded - marks["first_images"]) / (marks["end"] - marks["first"])
-    return {"images": report.decoded, "images_per_s": round(rate, 2), "seconds_per_image": round(1 / rate, 4),
-            "images_per_s_after_first_batch": round(steady, 2),
-            "seconds_to_first_batch": round(marks["first"] - marks["start"], 2), "call_seconds": round(total, 2)}
 
 
 def shipping_cost(ray, photos: Path, files: list[str], repeats: int = 3) -> dict:
@@ -122,9 +99,9 @@ def main() -> None:
             return tmp / name
 
         threads = torch.get_num_threads()
-        runs["local"] = timed(args.photos, fresh("local"), base)
+        runs["local"] = timed_extract(args.photos, fresh("local"), base)
         torch.set_num_threads(1)
-        runs["local_1_thread_no_workers"] = timed(args.photos, fresh("local1"), replace(base, workers=0))
+        runs["local_1_thread_no_workers"] = timed_extract(args.photos, fresh("local1"), replace(base, workers=0))
         torch.set_num_threads(threads)
         package = str(Path(ray_executor.__file__).resolve().parent)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
@@ -132,7 +109,7 @@ def main() -> None:
         try:
             for actors in (1, 2):
                 cfg = replace(base, executor="ray", ray_address="local", ray_actors=actors)
-                runs[f"ray_{actors}_embedder"] = timed(args.photos, fresh(f"ray{actors}"), cfg)
+                runs[f"ray_{actors}_embedder"] = timed_extract(args.photos, fresh(f"ray{actors}"), cfg)
                 runs[f"ray_{actors}_embedder"]["batches"] = ray_executor.last_stats.batches_back
             result["shipping"] = shipping_cost(ray, args.photos, files)
         finally:
