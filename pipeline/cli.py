@@ -90,6 +90,9 @@ def _add_cluster_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument("--n-init", default=None, help="k-means++ restarts; the lowest objective wins")
     p.add_argument("--max-iter", default=None, help="iterations per restart (default 100)")
     p.add_argument(f"--{prefix}device", dest="cluster_device", default=None, help="auto | cpu | cuda | mps")
+    p.add_argument("--exact", action="store_true", default=None,
+                   help="every iteration on every point, however many (default: from 20,000 photos up, "
+                        "restarts on a random sample, then a few steps on all; pipeline.toml: [cluster] exact)")
     p.add_argument("--param", action="append", default=[], metavar="LOSS=VALUE",
                    help="a loss parameter, a number or auto, e.g. --param huber=0.05 (repeatable)")
 
@@ -349,7 +352,7 @@ def _load(args: argparse.Namespace, extract: bool = False, cluster: bool = False
     if cluster:  # sweep has only some of the cluster options
         clu = {key: getattr(args, attr, None) for key, attr in (
             ("k", "k"), ("losses", "losses"), ("normalize", "normalize"), ("seed", "cluster_seed"),
-            ("n_init", "n_init"), ("max_iter", "max_iter"), ("device", "cluster_device"))}
+            ("n_init", "n_init"), ("max_iter", "max_iter"), ("device", "cluster_device"), ("exact", "exact"))}
         params = _parse_params(args.param)
         if params:
             clu["params"] = params

@@ -29,6 +29,7 @@ from .losses import PARAM_NAME, ParamScaleError, pointwise_loss
 from .tables import write_csv
 
 ASSIGNMENT_COLUMNS = ["path", "cluster", "loss_to_center"]
+PHASES = {"sample": "on a sample", "full": "all points"}
 
 
 @dataclass
@@ -41,6 +42,7 @@ class LossResult:
     converged: bool
     seconds: float
     sizes: list[int]
+    algorithm: str = "exact"  # or "sampled" (kmeans.uses_sample)
     reused: bool = False
 
 
@@ -55,7 +57,8 @@ def normalize_features(features: np.ndarray, mode: str) -> np.ndarray:
 def _fingerprint(features_fingerprint: str, cfg: ClusterConfig, loss: str) -> str:
     digest = hashlib.sha256(features_fingerprint.encode())
     settings = {"loss": loss, "k": cfg.k, "normalize": cfg.normalize, "seed": cfg.seed, "n_init": cfg.n_init,
-                "max_iter": cfg.max_iter, "param": cfg.params.get(loss), "engine": engine_fingerprint(loss)}
+                "max_iter": cfg.max_iter, "param": cfg.params.get(loss), "exact": cfg.exact,
+                "engine": engine_fingerprint(loss)}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
@@ -109,8 +112,9 @@ def cluster_run(out_dir: Path, cfg: ClusterConfig, *, log: Callable[[str], None]
         else:
             result = _fit_one(features, paths, cfg, loss, layout, fingerprint, embedded.fingerprint,
                               key_id(embedded.key))
-            log(f"{loss:>19}: k={result.k} objective {result.objective:.6g} in {result.iterations} iterations, "
-                f"{result.seconds:.2f} s{_describe_params(result.params)}; sizes {result.sizes}")
+            how = "" if result.algorithm == "exact" else " (sampled: restarts on a sample, then steps on all)"
+            log(f"{loss:>19}: k={result.k} objective {result.objective:.6g} in {result.iterations} iterations"
+                f"{how}, {result.seconds:.2f} s{_describe_params(result.params)}; sizes {result.sizes}")
         results.append(result)
     return results
 
@@ -151,17 +155,21 @@ def _fit_one(features: np.ndarray, paths: list[str], cfg: ClusterConfig, loss: s
     param = cfg.params.get(loss, "auto") if loss in PARAM_NAME else None
     started = time.perf_counter()
     try:
-        # The bar counts iterations against the worst case (every restart runs max_iter);
-        # on a terminal only, and it disappears when the loss is done.
+        # One bar per phase of the fit (the whole data; or the sample, then all points), counting
+        # iterations against the phase's worst case; on a terminal only, gone when the loss is done.
         with tqdm(total=cfg.n_init * cfg.max_iter, desc=loss, unit="it", leave=False, disable=None,
                   dynamic_ncols=True) as bar:
+            def phase(name: str, iterations: int) -> None:
+                bar.reset(total=iterations)
+                bar.set_description_str(loss if name == "fit" else f"{loss} ({PHASES[name]})")
+
             def progress(iteration: int, objective: float) -> None:
                 bar.update(1)
                 bar.set_postfix_str(f"objective {objective:.6g}", refresh=False)
 
             model = GeneralizedKMeans(n_clusters=cfg.k, loss=loss, param=param, n_init=cfg.n_init,
-                                      max_iter=cfg.max_iter, seed=cfg.seed, device=cfg.device,
-                                      on_iteration=progress).fit(features)
+                                      max_iter=cfg.max_iter, seed=cfg.seed, device=cfg.device, exact=cfg.exact,
+                                      on_iteration=progress, on_phase=phase).fit(features)
     except ParamScaleError as exc:  # the engine knows the data, the config knows where the value was set
         raise UserError(f"{cfg.origin(f'params.{loss}')}: {exc}") from None
     except ValueError as exc:  # the engine's validation messages are written for users
@@ -175,7 +183,8 @@ def _fit_one(features: np.ndarray, paths: list[str], cfg: ClusterConfig, loss: s
     sizes = np.bincount(labels, minlength=cfg.k).tolist()
     result = LossResult(loss=loss, k=cfg.k, params={k: float(v) for k, v in model.params_.items()},
                         objective=float(model.objective_), iterations=int(model.n_iter_),
-                        converged=bool(model.converged_), seconds=round(seconds, 4), sizes=sizes)
+                        converged=bool(model.converged_), seconds=round(seconds, 4), sizes=sizes,
+                        algorithm=model.algorithm_)
 
     _drop_previous(layout, loss)
     write_csv(layout.assignments(loss), ASSIGNMENT_COLUMNS,
@@ -185,7 +194,11 @@ def _fit_one(features: np.ndarray, paths: list[str], cfg: ClusterConfig, loss: s
                "normalize": cfg.normalize, "n_images": len(paths), "param_setting": param,
                "features_cache_key": features_key, "features_fingerprint": features_fingerprint,
                "fingerprint": fingerprint,
-               "device": str(model.device_) if hasattr(model, "device_") else cfg.device}
+               "device": str(model.device_) if hasattr(model, "device_") else cfg.device,
+               # which algorithm ran: "exact" (every point, every iteration) or "sampled"
+               # (restarts on sample_size rows, then full_steps steps on all of them)
+               "exact_setting": cfg.exact, "sample_size": model.sample_size_,
+               "full_steps": model.full_steps_}
     summary.pop("reused")
     # Written last: its fingerprint vouches for the two files above.
     atomic.write_text(layout.summary(loss), json.dumps(summary, indent=2) + "\n")

@@ -49,6 +49,9 @@ class ClusterConfig:
     n_init: int = 4
     max_iter: int = 100
     device: str = "auto"
+    # False: large collections train on a sample and finish on all points (kmeans.uses_sample);
+    # True: every iteration on every point, at any size.
+    exact: bool = False
     # loss name -> a positive number or "auto"; only the four robust losses have one.
     params: dict[str, float | str] = field(default_factory=lambda: {n: "auto" for n in PARAM_NAME})
     # key ("k", "params.huber", ...) -> where its value came from, for later error messages
@@ -285,6 +288,7 @@ def _validate_cluster(values: dict[str, Setting], params: dict[str, Setting]) ->
         n_init=_int(get("n_init"), 1),
         max_iter=_int(get("max_iter"), 1),
         device=_choice(get("device"), DEVICES),
+        exact=_bool(get("exact")),
         params=_validate_params(params),
         origins=origins,
     )

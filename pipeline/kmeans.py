@@ -42,6 +42,15 @@ BATCH_MAX_ELEMENTS = 2**21
 # on the shared 2-core development machine under load, same-start fits of 2000 x 512,
 # k = 5 took 1.4x to 10x longer on two threads than on one (74 vs 347 ms for huber).
 ONE_THREAD_MAX_ELEMENTS = 2**20
+# Large problems train on a random sample, then finish on every point (`_fit_sampled`):
+# SAMPLE_PER_CLUSTER rows per center (faiss's default, 256), at least SAMPLE_MIN_ROWS;
+# the sampled path runs when the data holds at least twice the sample (and `exact` is off).
+SAMPLE_PER_CLUSTER = 256
+SAMPLE_MIN_ROWS = 10_000
+# Full-data steps after the sample fit: at most FULL_STEPS, stopping once the objective's
+# relative change falls below FULL_TOL (each step is one assignment pass over all points).
+FULL_STEPS = 5
+FULL_TOL = 1e-4
 
 
 def _mps_available() -> bool:
@@ -252,6 +261,16 @@ def auto_param_at(X: torch.Tensor, k: int, loss: str, seed: int = 0) -> float | 
     return model._resolve_param(X, None, _Starts(X, k, None, [np.random.default_rng([seed, 0])], None))
 
 
+def sample_size(n_rows: int, k: int) -> int:
+    """How many rows the sampled path trains on for k clusters (all of them when fewer)."""
+    return min(n_rows, max(SAMPLE_MIN_ROWS, SAMPLE_PER_CLUSTER * k))
+
+
+def uses_sample(n_rows: int, k: int, exact: bool = False) -> bool:
+    """Whether `fit` takes the sampled path: not `exact`, and at least twice the sample."""
+    return not exact and n_rows >= 2 * sample_size(n_rows, k)
+
+
 def _is_tensor(X) -> bool:
     return isinstance(X, torch.Tensor)
 
@@ -277,13 +296,21 @@ class GeneralizedKMeans:
     seed, random_state : the random seed (random_state, scikit-learn's name, wins when set).
     device : torch device; "auto" is the device of a tensor X, else CUDA when available, else CPU.
     inner_steps : majorize-minimize steps per center update (default per loss).
+    exact : False (default): above twice `sample_size(n, k)` rows, fit on a random sample
+        and finish with a few steps on every point (`_fit_sampled`); True: every restart
+        and iteration on all points, at any size.
     on_iteration : called as on_iteration(iteration, objective) after every outer
         iteration of every restart (for progress bars).
+    on_phase : called as on_phase(phase, iterations) when a phase of the fit starts:
+        "fit" (the whole-data algorithm; at most n_init * max_iter iterations), or
+        "sample" (its fit of the sample) then "full" (at most FULL_STEPS steps on all points).
 
     After `fit`: labels_ (n,), cluster_centers_ (k, d) float32 (NumPy arrays), objective_
     (the weighted sum of each point's loss to its center; inertia_ is the same number),
     objective_history_ (the objective after each iteration of the winning restart), n_iter_,
-    converged_, params_ ({parameter name: value used}), n_features_in_, device_.
+    converged_, params_ ({parameter name: value used}), n_features_in_, device_, algorithm_
+    ("exact" or "sampled"), sample_size_ (rows the restarts ran on), full_steps_ (the sampled
+    path's steps on all points; 0 for exact).
     X may be a NumPy array or a torch tensor on any device: a tensor is clustered where it
     lies, and predict/transform/fit_predict then answer with tensors on its device.
     """
@@ -291,11 +318,12 @@ class GeneralizedKMeans:
     def __init__(self, n_clusters: int = 8, loss: str = "square", param: float | str | None = "auto", *,
                  init="k-means++", n_init: int = 4, max_iter: int = 100, tol: float = 1e-6, seed: int = 0,
                  device: str | torch.device = "auto", inner_steps: int | None = None,
-                 on_iteration: Callable[[int, float], None] | None = None, random_state: int | None = None):
+                 on_iteration: Callable[[int, float], None] | None = None, random_state: int | None = None,
+                 exact: bool = False, on_phase: Callable[[str, int], None] | None = None):
         self.n_clusters, self.loss, self.param, self.init = n_clusters, loss, param, init
         self.n_init, self.max_iter, self.tol, self.seed = n_init, max_iter, tol, seed
         self.device, self.inner_steps, self.on_iteration = device, inner_steps, on_iteration
-        self.random_state = random_state
+        self.random_state, self.exact, self.on_phase = random_state, exact, on_phase
 
     # ------------------------------------------------------------------ scikit-learn protocol
 
@@ -333,17 +361,16 @@ class GeneralizedKMeans:
         runs = 1 if explicit is not None else self.n_init
         starts = _Starts(Xt, self.n_clusters, explicit, [np.random.default_rng([self._seed(), run])
                                                           for run in range(runs)], weight)
+        sampled = explicit is None and uses_sample(Xt.shape[0], self.n_clusters, self.exact)
         with _threads_for(Xt):
-            param = self._resolve_param(Xt, weight, starts)
-            if runs > 1 and runs * Xt.numel() <= BATCH_MAX_ELEMENTS:
-                best = self._lloyd(Xt, starts(), param, weight=weight)  # all restarts as one computation
+            if sampled:
+                best, param, sample_rows, full_steps = self._fit_sampled(Xt, weight, runs)
             else:
-                best = None
-                for run in range(runs):
-                    result = self._lloyd(Xt, starts()[run:run + 1], param, weight=weight)
-                    if best is None or result[2] < best[2]:
-                        best = result
-            labels, centers, objective, n_iter, converged, history = self._polish(Xt, best, param, weight)
+                self._phase("fit", runs * self.max_iter)
+                param = self._resolve_param(Xt, weight, starts)
+                best = self._polish(Xt, self._restarts(Xt, starts(), param, weight), param, weight)
+                sample_rows, full_steps = Xt.shape[0], 0
+            labels, centers, objective, n_iter, converged, history = best
         self._check_filled(labels, objective)
         spec = L.get_loss(self.loss)
         self._centers, self._fitted_loss = centers, spec.name  # set_params(loss=...) needs a new fit
@@ -356,6 +383,8 @@ class GeneralizedKMeans:
         self.params_ = {spec.param_name: float(param)} if spec.param_name is not None else {}
         self.n_features_in_ = int(Xt.shape[1])
         self.device_ = device
+        self.algorithm_ = "sampled" if sampled else "exact"
+        self.sample_size_, self.full_steps_ = int(sample_rows), int(full_steps)
         return self
 
     def fit_predict(self, X, y=None, sample_weight=None):
@@ -406,6 +435,8 @@ class GeneralizedKMeans:
             raise LossInputError(f"tol must be a finite number >= 0; got {self.tol!r}")
         if self.inner_steps is not None and not _integer_at_least(self.inner_steps, 1):
             raise LossInputError(f"inner_steps must be None or an integer >= 1; got {self.inner_steps!r}")
+        if not isinstance(self.exact, (bool, np.bool_)):
+            raise LossInputError(f"exact must be True or False; got {self.exact!r}")
         if not _integer_at_least(self._seed(), 0):
             raise LossInputError(f"seed (random_state) must be an integer >= 0; got {self._seed()!r}")
         if spec.param_name is not None and self.param != "auto":
@@ -505,7 +536,7 @@ class GeneralizedKMeans:
     def _total(self, cost: torch.Tensor, weight: torch.Tensor | None) -> float:
         return self._totals(cost[None], weight)[0]
 
-    def _lloyd(self, X, starts, param, loss=None, max_iter=None, weight=None):
+    def _lloyd(self, X, starts, param, loss=None, max_iter=None, weight=None, tol=None):
         """Restarts from the centers `starts` (runs, k, d), computed together as one clustering
         of runs * k centers over `runs` copies of X (assignment picks the cheapest center
         within each restart's block); a restart that meets its stopping test leaves the
@@ -514,6 +545,7 @@ class GeneralizedKMeans:
         loss = loss or self.loss
         spec = L.get_loss(loss)
         max_iter = max_iter or self.max_iter
+        tol = self.tol if tol is None else tol
         runs, k, d = starts.shape
         n = X.shape[0]
         # the copies of X are all the same: the first m of them serve a batch of m restarts
@@ -547,7 +579,7 @@ class GeneralizedKMeans:
                 history[run].append(objective[run])
                 if live_progress:
                     self.on_iteration(iteration, objective[run])
-                if stable[j] and (change <= self.tol or spec.exact_update):
+                if stable[j] and (change <= tol or spec.exact_update):
                     converged[run] = True  # exact updates: same labels means the same centers next time
                     finals[run] = (labels[j * n:(j + 1) * n] - j * k, C[j * k:(j + 1) * k])
                 else:
@@ -598,6 +630,65 @@ class GeneralizedKMeans:
                 C[block] = self._reseed_empty(X, C[block], labels[run * n:(run + 1) * n] - run * k, loss, param,
                                               weight)
         return C
+
+    def _restarts(self, X, starts, param, weight=None, loss=None):
+        """The best of the restarts from `starts` (runs, k, d): one batched computation when
+        their stacked copies of X are small enough, else one after the other."""
+        runs = starts.shape[0]
+        if runs > 1 and runs * X.numel() <= BATCH_MAX_ELEMENTS:
+            return self._lloyd(X, starts, param, loss=loss, weight=weight)
+        best = None
+        for run in range(runs):
+            result = self._lloyd(X, starts[run:run + 1], param, loss=loss, weight=weight)
+            if best is None or result[2] < best[2]:
+                best = result
+        return best
+
+    def _phase(self, name: str, iterations: int) -> None:
+        if self.on_phase is not None:
+            self.on_phase(name, iterations)
+
+    def _fit_sampled(self, X, weight, runs):
+        """The sampled path for large X: restarts on a random sample, then a few steps on all points.
+
+        1. A uniform random sample of `sample_size(n, k)` rows (weights kept).
+        2. On the sample: the square loss from `runs` k-means++ seedings (cheap: one GEMM
+           per pass), the best kept; the auto parameter from its residuals; then the
+           chosen loss from those centers (a warm start, one run, to convergence), polished
+           where the loss has a polish.
+        3. On every point: at most FULL_STEPS assign-and-update steps from the sample's
+           centers, until the objective changes by less than FULL_TOL; the labels are the
+           last full assignment's, so every point sits on its cheapest center.
+        Returns (the full-data result, param, sample rows, full steps)."""
+        n, k = X.shape[0], self.n_clusters
+        m = sample_size(n, k)
+        rng = np.random.default_rng([self._seed(), runs, 7919])  # its own stream, apart from the seedings'
+        rows = torch.from_numpy(np.sort(rng.choice(n, m, replace=False))).to(X.device)
+        S, w = X[rows], None if weight is None else weight[rows]
+        spec = L.get_loss(self.loss)
+        # progress counts the loss's own iterations: every restart's for square, else the one run's
+        self._phase("sample", (runs if spec.name == "square" else 1) * self.max_iter)
+        seeds = [np.random.default_rng([self._seed(), run]) for run in range(runs)]
+        starts = S[kmeans_plus_plus_batch(S, k, seeds, sample_weight=w)]
+        # each restart fitted on the sample, the best chosen on all points (one GEMM pass each):
+        # the sample's own objective picks poorly where a few outliers sway it
+        square, best_total = None, math.inf
+        for run in range(runs):
+            result = self._lloyd(S, starts[run:run + 1], None, loss="square", weight=w)
+            total = self._total(L.assign(X, result[1], "square", None, with_cost=True)[1], weight)
+            if total < best_total:
+                square, best_total = result, total
+        param = None
+        if spec.param_name is not None:
+            scale = L.data_scale(S, spec.name, sample_weight=w)
+            param = L.check_param_scale(spec.name, L.validate_param(spec.name, self.param), scale) \
+                if self.param != "auto" else \
+                L.clamp_to_range(L.auto_param(S, square[1], square[0], spec.name, w), scale, spec.name)
+        fitted = square if spec.name == "square" else self._lloyd(S, square[1][None], param, weight=w)
+        fitted = self._polish(S, fitted, param, w)  # on the sample: a polish of all points costs minutes
+        self._phase("full", FULL_STEPS)
+        result = self._lloyd(X, fitted[1][None], param, max_iter=FULL_STEPS, weight=weight, tol=FULL_TOL)
+        return result, param, m, result[3]
 
     def _polish(self, X, result, param, weight=None):
         """Finish the best restart's centers where the loss has a `polish` (epsilon-insensitive)."""

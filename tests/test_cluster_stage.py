@@ -86,6 +86,29 @@ def test_rerun_with_the_same_inputs_does_no_work_and_a_change_refits(extracted, 
     assert summary["params"] == {"delta": 0.05}
 
 
+def test_summary_records_the_sampled_path_and_exact_refits(extracted, tmp_path, capsys, monkeypatch):
+    from pipeline import kmeans
+
+    # 12 photos take the path of a large collection when the sample is 4 rows
+    monkeypatch.setattr(kmeans, "SAMPLE_MIN_ROWS", 4)
+    monkeypatch.setattr(kmeans, "SAMPLE_PER_CLUSTER", 1)
+    out = tmp_path / "out"
+    shutil.copytree(extracted[1], out)
+    assert cluster(out, "--losses", "huber") == 0
+    assert "(sampled: restarts on a sample, then steps on all)" in capsys.readouterr().err
+    summary = json.loads((out / "clusters" / "huber" / "summary.json").read_text())
+    assert (summary["algorithm"], summary["exact_setting"], summary["sample_size"]) == ("sampled", False, 4)
+    assert 1 <= summary["full_steps"] <= kmeans.FULL_STEPS
+    assert sorted(int(row["cluster"]) for row in read_csv(out / "clusters" / "huber" / "assignments.csv")) \
+        == sorted(np.repeat(np.arange(3), summary["sizes"]).tolist())
+
+    assert cluster(out, "--losses", "huber", "--exact") == 0  # another algorithm: refitted
+    assert "1 fitted, 0 up to date" in capsys.readouterr().out
+    summary = json.loads((out / "clusters" / "huber" / "summary.json").read_text())
+    assert (summary["algorithm"], summary["exact_setting"], summary["sample_size"], summary["full_steps"]) == \
+        ("exact", True, 12, 0)
+
+
 def test_same_seed_same_assignments(extracted, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):

@@ -55,6 +55,7 @@ def unit_rows() -> np.ndarray:
 @pytest.mark.parametrize("text, names", [
     ("[cluster]\nlosses = 5\n", "cfg.toml: cluster.losses must be a list of loss names or a comma-separated"),
     ("cluster = 5\n", "cfg.toml: cluster must be a table"),
+    ('[cluster]\nexact = "yes"\n', "cfg.toml: cluster.exact must be true or false"),
     ('extract = "x"\n', "cfg.toml: extract must be a table"),
     ("[extract]\nweights = 5\n", "cfg.toml: extract.weights must be"),
     ("[cluster.params]\nhuber = true\n", "cfg.toml: cluster.params.huber (delta) must be a positive number"),

@@ -23,7 +23,7 @@ def test_get_params_and_set_params_round_trip():
     params = model.get_params()
     assert params["n_clusters"] == 5 and params["loss"] == "huber" and params["random_state"] == 7
     assert set(params) == {"n_clusters", "loss", "param", "init", "n_init", "max_iter", "tol", "seed", "device",
-                           "inner_steps", "on_iteration", "random_state"}
+                           "inner_steps", "on_iteration", "random_state", "exact", "on_phase"}
     again = GeneralizedKMeans(**params)
     assert again.get_params() == params
     assert model.set_params(loss="absolute", n_clusters=3) is model

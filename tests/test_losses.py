@@ -60,16 +60,20 @@ def test_pseudo_huber_has_no_cancellation_for_tiny_residuals():
     assert float(value) == pytest.approx(0.5e-12, rel=1e-3)  # the naive formula gives 0 in float32
 
 
+@pytest.mark.parametrize("medians", ["sort", "select"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_absolute_update_is_the_coordinatewise_median_exactly(dtype):
+def test_absolute_update_is_the_coordinatewise_median_exactly(dtype, medians, monkeypatch):
+    # both ways to the medians (one sort of all clusters; selection per cluster, on large inputs)
+    monkeypatch.setattr(L, "_SELECT_MEDIANS_MIN_ELEMENTS", 0 if medians == "select" else 2**62)
     rng = np.random.default_rng(3)
     X = rng.normal(size=(101, 9)).astype(dtype)
     X[:10] = X[10:20]  # ties
     labels = rng.integers(0, 4, size=101)
-    C = torch.zeros(4, 9, dtype=torch.from_numpy(X).dtype)
+    C = torch.full((5, 9), 7.0, dtype=torch.from_numpy(X).dtype)  # cluster 4 has no member
     got = L.update_centers(torch.from_numpy(X), torch.from_numpy(labels), C, "absolute", None).numpy()
     for c in range(4):
         np.testing.assert_array_equal(got[c], np.median(X[labels == c], axis=0).astype(dtype))
+    assert (got[4] == 7.0).all()
 
 
 def test_square_update_is_the_mean_and_empty_clusters_keep_their_center():
