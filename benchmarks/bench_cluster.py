@@ -6,7 +6,13 @@
    on 20,000 x 512 (k=20) and 2,000,000 x 25 (k=1000);
 3. one large case per robust loss: 200,000 x 512, k=50 on CPU (1,000,000 x 512, k=100 on CUDA);
 4. each robust loss against the tutorial's algorithm on a small problem, 400 x 64, k=10
-   (whole fit, median of 15), where fixed costs per call dominate.
+   (whole fit, median of 15), where fixed costs per call dominate;
+5. reclustering a large collection: all six losses with default settings (auto parameter,
+   4 restarts; the sampled path) on 200,000 x 512, k=50 L2-normalised VGG-like rows, wall
+   clock in total; and quality, sampled against exact (`exact=True`), on 50,000 x 512,
+   k=20 (objective ratio, ARI) and on Fashion-MNIST's first 20,000 training images
+   (pixels, k=10: NMI against the true labels; needs `dataset-fashion-mnist`);
+6. the same six default fits on 1,000,000 x 512, k=100 (about 10 minutes on 2 cores).
 
 Parts 1 and 4 time our fit from the reference's start with its parameter, and also our
 default call (auto parameter, k-means++, 4 restarts: `whole_fit_seconds`), which the
@@ -16,7 +22,7 @@ Every measurement runs in its own process (data read from a .npy file the run ma
 so its peak memory is its own: peak_rss_above_baseline_mb is the growth of the process's
 resident memory past what it held with the libraries imported and the data loaded.
 
-    python benchmarks/bench_cluster.py [--quick] [--device auto] [--parts 1,2,3,4]
+    python benchmarks/bench_cluster.py [--quick] [--device auto] [--parts 1,2,3,4,5,6]
 writes outputs/bench/cluster.json (a run of some parts keeps the others' figures there).
 """
 
@@ -57,7 +63,24 @@ def memory_mb(field: str) -> float:
 def data_for(case: dict) -> np.ndarray:
     if case["data"] == "vgg":
         return vgg_like(case["n"], case["d"], case["k"], seed=case["seed"], dtype=np.float32)
+    if case["data"] == "vgg_l2":  # as the cluster stage sees features: unit rows, 4 latent groups per cluster
+        X = vgg_like(case["n"], case["d"], 4 * case["k"], seed=case["seed"], dtype=np.float32)
+        return X / np.linalg.norm(X, axis=1, keepdims=True)
+    if case["data"] == "fashion":
+        X = fashion_images(case["n"])[0].reshape(case["n"], -1).astype(np.float32)
+        return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
     return blobs(case["n"], case["d"], case["k"], seed=case["seed"])
+
+
+def fashion_images(n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first n training images of Debian's dataset-fashion-mnist and their labels (None without it)."""
+    from benchmarks.bench_patches import fashion_mnist
+    from pipeline import idx
+
+    source = fashion_mnist()
+    if source is None:
+        return None
+    return idx.read_images(source)[:n], idx.read_labels(idx.labels_beside(source), n)[:n]
 
 
 def initial_centers(X: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -164,7 +187,24 @@ def run_tutorial(X, C0, case):
             "tutorial_loop_estimated_seconds": seconds - counter.seconds + counter.points * per_point}
 
 
-RUNNERS = {"ours": run_ours, "sklearn": run_sklearn, "faiss": run_faiss, "tutorial": run_tutorial}
+def run_default(X, C0, case):
+    """A user's call: GeneralizedKMeans(k, loss) with every default (exact as the case says);
+    the labels go to case["labels_path"] for the quality comparison."""
+    from pipeline.kmeans import GeneralizedKMeans
+
+    start, start_cpu = time.perf_counter(), time.process_time()
+    model = GeneralizedKMeans(case["k"], case["loss"], param=case.get("param", "auto"), exact=case.get("exact", False),
+                              seed=case.get("fit_seed", 0), device=case["device"]).fit(X)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+    if case.get("labels_path"):
+        np.save(case["labels_path"], model.labels_, allow_pickle=False)
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "objective": model.objective_,
+            "algorithm": model.algorithm_, "sample_size": model.sample_size_, "full_steps": model.full_steps_,
+            "iterations": model.n_iter_, "params": model.params_, "device": str(model.device_)}
+
+
+RUNNERS = {"ours": run_ours, "sklearn": run_sklearn, "faiss": run_faiss, "tutorial": run_tutorial,
+           "default": run_default}
 
 
 def worker(case: dict) -> dict:
@@ -176,9 +216,9 @@ def worker(case: dict) -> dict:
         import sklearn.cluster  # noqa: F401
     X = np.load(case["path"], allow_pickle=False)
     C0 = initial_centers(X, case["k"], case["seed"])
-    if case["runner"] == "ours":  # first calls initialise torch's thread pools and kernels
+    if case["runner"] in ("ours", "default"):  # first calls initialise torch's thread pools and kernels
         warm = X[: 4 * case["k"]]  # its own rows as centers: no cluster can stay empty
-        RUNNERS["ours"](warm, warm[: case["k"]].copy(), {**case, "iters": 1, "repeats": 1})
+        run_ours(warm, warm[: case["k"]].copy(), {**case, "iters": 1, "repeats": 1})
     baseline = memory_mb("VmRSS")
     result = RUNNERS[case["runner"]](X, C0, case)
     result["data_mb"] = round(X.nbytes / 2**20, 1)
@@ -298,13 +338,78 @@ def large_robust(device: str, quick: bool) -> list[dict]:
     return rows
 
 
+ALL_LOSSES = tuple(L.LOSS_NAMES)
+
+
+def six_default_fits(device: str, n: int, k: int) -> dict:
+    """Parts 5 and 6: every loss's default fit, each in its own process, and their total."""
+    rows = []
+    for loss in ALL_LOSSES:
+        result = measure({"data": "vgg_l2", "n": n, "d": 512, "k": k, "seed": 0, "loss": loss, "device": device,
+                          "runner": "default"})
+        rows.append({"loss": loss, **result})
+        print(f"  {n} x 512, k={k}, {loss}: {result}", flush=True)
+    total = sum(row.get("seconds", float("nan")) for row in rows)
+    print(f"  all six: {total:.1f} s", flush=True)
+    return {"case": f"{n} x 512 (L2-normalised VGG-like), k={k}, default settings", "total_seconds": total,
+            "losses": rows}
+
+
+def sampled_against_exact(device: str, case: dict, truth: np.ndarray | None = None) -> list[dict]:
+    """Part 5's quality check: the default (sampled) fit against exact=True on the same data.
+    The sampled fit gets the parameter the exact fit's auto chose: objectives under different
+    parameters do not compare (epsilon's falls by about n for every 1 its epsilon grows)."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    rows = []
+    for loss in ALL_LOSSES:
+        labels = {}
+        row = {"loss": loss}
+        # exact_seed1: how far two exact fits differ by their seed alone (the ARI to read the other against)
+        for name in ("exact", "sampled", "exact_seed1"):
+            path = DATA_DIR / f"labels_{name}.npy"
+            param = next(iter(row["exact"].get("params", {}).values()), "auto") if name == "sampled" else "auto"
+            row[name] = measure({**case, "loss": loss, "device": device, "runner": "default", "param": param,
+                                 "exact": name != "sampled", "labels_path": str(path),
+                                 "fit_seed": 1 if name == "exact_seed1" else 0})
+            labels[name] = np.load(path) if "error" not in row[name] else None
+        if all(value is not None for value in labels.values()):
+            row["objective_sampled_over_exact"] = row["sampled"]["objective"] / row["exact"]["objective"]
+            row["ari_sampled_vs_exact"] = float(adjusted_rand_score(labels["exact"], labels["sampled"]))
+            row["ari_exact_seed0_vs_seed1"] = float(adjusted_rand_score(labels["exact"], labels["exact_seed1"]))
+            row["speedup"] = row["exact"]["seconds"] / row["sampled"]["seconds"]
+            if truth is not None:
+                row["nmi_exact"] = float(normalized_mutual_info_score(truth, labels["exact"]))
+                row["nmi_sampled"] = float(normalized_mutual_info_score(truth, labels["sampled"]))
+        print(f"  {case['data']} {case['n']} x {case['d']}, k={case['k']}, {loss}: objective ratio "
+              f"{row.get('objective_sampled_over_exact')}, ARI {row.get('ari_sampled_vs_exact')} (exact seed 0 "
+              f"vs 1: {row.get('ari_exact_seed0_vs_seed1')}), NMI exact "
+              f"{row.get('nmi_exact')} sampled {row.get('nmi_sampled')}, {row.get('speedup')}x", flush=True)
+        rows.append(row)
+    return rows
+
+
+def recluster(device: str, quick: bool) -> dict:
+    n, quality_n = (40_000, 30_000) if quick else (200_000, 50_000)
+    result = {"timing": six_default_fits(device, n, 50),
+              "quality_vgg_like": sampled_against_exact(device, {"data": "vgg_l2", "n": quality_n, "d": 512,
+                                                                 "k": 20, "seed": 0})}
+    fashion = fashion_images(20_000)
+    if fashion is not None:
+        result["quality_fashion_mnist"] = sampled_against_exact(
+            device, {"data": "fashion", "n": 20_000, "d": 784, "k": 10, "seed": 0}, truth=fashion[1])
+    else:
+        print("  Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): its quality check skipped")
+    return result
+
+
 def main() -> None:
     global ROBUST
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--parts", default="1,2,3,4")
+    parser.add_argument("--parts", default="1,2,3,4,5,6")
     parser.add_argument("--losses", default=",".join(ROBUST),
                         help="robust losses to measure in parts 1, 3 and 4 (comma-separated; default: all). "
                              "A partial run replaces only these losses' rows")
@@ -335,10 +440,16 @@ def main() -> None:
     if "4" in parts:
         print("4. robust losses on a small problem (400 x 64, k=10) vs the tutorial's algorithm", flush=True)
         result["small_vs_tutorial"] = small_vs_tutorial(device, args.quick)
+    if "5" in parts:
+        print("5. reclustering a large collection: six losses, default settings; sampled vs exact", flush=True)
+        result["recluster"] = recluster(device, args.quick)
+    if "6" in parts:
+        print("6. six losses, default settings, 1,000,000 x 512, k=100", flush=True)
+        result["recluster_million"] = six_default_fits(device, 100_000 if args.quick else 1_000_000, 100)
     result["total_seconds"] = round(time.perf_counter() - started, 1)
     name = "cluster" if not args.quick else "cluster_quick"
     previous = BENCH_DIR / f"{name}.json"
-    if parts != {"1", "2", "3", "4"} and previous.is_file():  # a partial rerun keeps the other parts' figures
+    if parts != {"1", "2", "3", "4", "5", "6"} and previous.is_file():  # a partial rerun keeps the other parts' figures
         kept = json.loads(previous.read_text())
         for part in ("robust_vs_tutorial", "large_robust", "small_vs_tutorial"):  # and the other losses' rows
             if part in result and part in kept:

@@ -1114,6 +1114,31 @@ def assign(X: torch.Tensor, C: torch.Tensor, loss: str, param: float | None,
     return (labels, cost) if with_cost else labels
 
 
+def assign_among_nearest(X: torch.Tensor, C: torch.Tensor, loss: str, param: float | None, candidates: int,
+                         current: torch.Tensor | None = None,
+                         max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels, costs): each row's cheapest center among its `candidates` nearest by Euclidean
+    distance (one GEMM) and, when given, its `current` center. Not `assign`: a center that is
+    cheaper under `loss` but farther than the candidates is missed. With `current` the cost of
+    every row can only fall, so an update-then-this step never raises the objective. For a
+    loss without a GEMM form this costs candidates / k of `assign`."""
+    spec = get_loss(loss)
+    n, d = X.shape
+    width = candidates + (current is not None)
+    labels = torch.empty(n, dtype=torch.int64, device=X.device)
+    cost = torch.empty(n, dtype=X.dtype, device=X.device)
+    c_sq = _sq_norms(C)
+    rows = _rows_for(max(width * d, C.shape[0]), X.device, max_chunk_bytes, X.element_size(), temporaries=3)
+    for s in _row_slices(n, rows):
+        near = torch.addmm(c_sq, X[s], C.T, alpha=-2.0).topk(candidates, dim=1, largest=False).indices
+        if current is not None:
+            near = torch.cat([current[s, None], near], 1)
+        block = spec.pointwise(X[s, None, :] - C[near], param)  # (rows, width)
+        best, pick = block.min(1)
+        labels[s], cost[s] = near.gather(1, pick[:, None])[:, 0], best
+    return labels, cost
+
+
 def loss_to_centers(X: torch.Tensor, C: torch.Tensor, labels: torch.Tensor, loss: str, param: float | None,
                     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES) -> torch.Tensor:
     """loss(X[i], C[labels[i]]) for every row, computed directly (no GEMM cancellation)."""

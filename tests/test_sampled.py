@@ -94,3 +94,34 @@ def test_a_tensor_stays_on_its_device_in_the_sampled_path(small_sample):
 def test_exact_must_be_a_boolean():
     with pytest.raises(LossInputError, match="exact must be True or False"):
         GeneralizedKMeans(2, exact="yes").fit(np.eye(4))
+
+
+@pytest.mark.parametrize("loss", ["absolute", "huber", "pseudo_huber"])
+def test_assignment_among_the_nearest_centers(loss):
+    from pipeline import losses as L
+
+    rng = np.random.default_rng(6)
+    X = torch.from_numpy(rng.normal(size=(500, 12)).astype(np.float32))
+    C = torch.from_numpy(rng.normal(size=(20, 12)).astype(np.float32))
+    # with every center a candidate it is the full assignment
+    labels, cost = L.assign_among_nearest(X, C, loss, 0.5, candidates=20)
+    assert torch.equal(labels, L.assign(X, C, loss, 0.5))
+    torch.testing.assert_close(cost, L.loss_to_centers(X, C, labels, loss, 0.5))
+    # with few candidates and each row's current center, no row's cost rises
+    current = torch.from_numpy(rng.integers(0, 20, size=500))
+    labels, cost = L.assign_among_nearest(X, C, loss, 0.5, candidates=2, current=current)
+    assert (cost <= L.loss_to_centers(X, C, current, loss, 0.5) + 1e-6).all()
+    nearest_two = torch.cdist(X, C).topk(2, largest=False).indices
+    assert ((labels[:, None] == nearest_two).any(1) | (labels == current)).all()
+
+
+def test_many_clusters_finish_among_the_nearest_then_on_every_center(small_sample):
+    # k = 24 > 2 x NEAR_CANDIDATES: the steps on all points compare each with its nearest centers
+    X = vgg_like(3000, 16, 24, seed=7, outliers=0.0, dtype=np.float32)
+    model = GeneralizedKMeans(24, "pseudo_huber").fit(X)
+    assert model.algorithm_ == "sampled" and 24 > 2 * kmeans.NEAR_CANDIDATES
+    assert np.array_equal(model.predict(X), model.labels_)  # the last pass saw every center
+    assert model.objective_ == pytest.approx(-model.score(X), rel=1e-5)
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(model.objective_history_, model.objective_history_[1:]))
+    exact = GeneralizedKMeans(24, "pseudo_huber", exact=True).fit(X)
+    assert model.objective_ <= exact.objective_ * 1.01
