@@ -85,6 +85,10 @@ def resolve_device(name: str | torch.device, prefer_mps: bool = False) -> torch.
     return torch.device(name)
 
 
+class TooFewDistinctError(LossInputError):
+    """k-means++ ran out of new points: fewer distinct rows (of positive weight) than k."""
+
+
 class NotFittedError(LossInputError, AttributeError):
     """predict, transform or score before fit (a ValueError and an AttributeError, as scikit-learn's)."""
 
@@ -211,8 +215,8 @@ def kmeans_plus_plus_batch(X: torch.Tensor, k: int, rngs: list[np.random.Generat
         empty = (torch.cat(totals, 1) <= 0).cpu().numpy()
         if empty.any():
             distinct = int(np.argmax(empty.any(0))) + 1
-            raise LossInputError(f"n_clusters (k) = {k} is larger than the {distinct} distinct points"
-                                 f"{'' if w is None else ' of positive weight'}; choose a smaller k")
+            raise TooFewDistinctError(f"n_clusters (k) = {k} is larger than the {distinct} distinct points"
+                                      f"{'' if w is None else ' of positive weight'}; choose a smaller k")
     return torch.stack(chosen, 1)
 
 
@@ -373,8 +377,11 @@ class GeneralizedKMeans:
         sampled = explicit is None and uses_sample(Xt.shape[0], self.n_clusters, self.exact)
         with _threads_for(Xt):
             if sampled:
-                best, param, sample_rows, full_steps = self._fit_sampled(Xt, weight, runs)
-            else:
+                try:
+                    best, param, sample_rows, full_steps = self._fit_sampled(Xt, weight, runs)
+                except TooFewDistinctError:  # the sample missed rare rows the whole data has: fit it all
+                    sampled = False
+            if not sampled:
                 self._phase("fit", runs * self.max_iter)
                 param = self._resolve_param(Xt, weight, starts)
                 best = self._polish(Xt, self._restarts(Xt, starts(), param, weight), param, weight)

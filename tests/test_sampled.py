@@ -125,3 +125,15 @@ def test_many_clusters_finish_among_the_nearest_then_on_every_center(small_sampl
     assert all(b <= a * (1 + 1e-6) for a, b in zip(model.objective_history_, model.objective_history_[1:]))
     exact = GeneralizedKMeans(24, "pseudo_huber", exact=True).fit(X)
     assert model.objective_ <= exact.objective_ * 1.01
+
+
+def test_a_sample_that_misses_rare_rows_falls_back_to_the_whole_data(small_sample):
+    # 3,000 rows, of which only 6 are distinct from the first: k = 5 fits the whole data, while
+    # a 200-row sample almost surely holds fewer than 5 distinct rows
+    X = np.zeros((3000, 4), dtype=np.float32)
+    X[np.arange(1, 3000, 500)] = np.arange(1, 7, dtype=np.float32)[:, None] * 10
+    model = GeneralizedKMeans(5, "huber").fit(X)
+    assert model.algorithm_ == "exact" and model.sample_size_ == 3000
+    assert len(np.unique(model.labels_)) == 5
+    with pytest.raises(LossInputError, match="larger than the 7 distinct points"):
+        GeneralizedKMeans(8, "huber").fit(X)
