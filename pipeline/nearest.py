@@ -7,7 +7,7 @@ full-data pass of `photoclust patches`.
            (|x|^2 is the same for every center of a row, so the argmin leaves it out),
            the block's minimum per row; no n x k matrix, only rows x k blocks.
     faiss  faiss-cpu's exact `IndexFlatL2` (the optional extra `photoclust[faiss]`): a fused
-           GEMM + argmin kernel, about 6x faster than torch's GEMM on a CPU at d = 25.
+           GEMM + argmin kernel, about 2x faster than torch's GEMM on a CPU at d = 25.
   `auto` picks torch on a CUDA device, faiss on the CPU when it is installed, else torch.
 * `full_pass(data, C, loss, param, ...)`: every row of a (n, d) array (uint8 patches are
   converted a chunk at a time) assigned to its cheapest center under `loss`, with the
@@ -35,6 +35,7 @@ from .threads import one_torch_thread
 BACKENDS = ("auto", "torch", "faiss")
 CHUNK_ROWS = 1 << 18  # rows converted to float32 at a time in a full pass (26 MB at d = 25)
 _TORCH_BLOCK_BYTES = 32 << 20  # the rows x k distance block of one CPU thread (measured: 4 MB 1.8x slower)
+MIN_PARALLEL_ROWS = 1 << 13  # a full pass splits its data into chunks of at least this many rows per thread
 SPLIT_EPS = 1.0 / 1024  # an empty cluster takes half of the largest one, both nudged by this
 
 
@@ -62,20 +63,24 @@ def resolve_backend(name: str, device: torch.device) -> str:
     return name
 
 
-_POOL = None
+_POOLS: dict = {}
 
 
-def _pool():
-    """Threads for the torch search on a CPU, one per core torch would use. Each works a
-    whole block (GEMM, then the row minima) on one torch thread: no barrier between the
-    threads, which on a shared 2-core machine made torch's own two threads 6x slower than
-    one (300,000 x 25 rows, K = 1000, load average 9: 18.6 s on 2 threads, 2.9 s on 1)."""
-    global _POOL
-    if _POOL is None:
+def _pool(workers: int):
+    """Threads for the searches on a CPU, one per core torch would use (`_workers()`, read
+    by the caller before it drops torch to one thread). Each works a whole block (GEMM,
+    then the row minima) on one torch thread: no barrier between the threads, which on a
+    shared 2-core machine made torch's own two threads 6x slower than one (300,000 x 25
+    rows, K = 1000, load average 9: 18.6 s on 2 threads, 2.9 s on 1)."""
+    if workers not in _POOLS:
         from concurrent.futures import ThreadPoolExecutor
 
-        _POOL = ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="photoclust-nearest")
-    return _POOL
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="photoclust-nearest")
+    return _POOLS[workers]
+
+
+def _workers() -> int:
+    return max(1, torch.get_num_threads())
 
 
 class Searcher:
@@ -95,10 +100,19 @@ class Searcher:
             budget = _TORCH_BLOCK_BYTES if C.device.type == "cpu" else 256 << 20  # the block of one thread
             self.rows = max(64, budget // (4 * k))
 
-    def search(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(labels int64, squared distances float32) of the rows of X (float32, on C's device)."""
+    def search(self, X: torch.Tensor, threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labels int64, squared distances float32) of the rows of X (float32, on C's device).
+        threads=1: all of it on the calling thread (the caller runs several searches at once)."""
         if self.backend == "faiss":
-            d2, labels = self.index.search(np.ascontiguousarray(X.numpy()), 1)
+            import faiss
+
+            before = faiss.omp_get_max_threads()  # OpenMP's setting is the calling thread's own
+            if threads:
+                faiss.omp_set_num_threads(threads)
+            try:
+                d2, labels = self.index.search(np.ascontiguousarray(X.numpy()), 1)
+            finally:
+                faiss.omp_set_num_threads(before)
             return torch.from_numpy(labels[:, 0]), torch.from_numpy(np.maximum(d2[:, 0], 0))
         n = X.shape[0]
         labels = torch.empty(n, dtype=torch.int64, device=X.device)
@@ -111,12 +125,13 @@ class Searcher:
             best[rows] += (X[rows] * X[rows]).sum(1)
 
         starts = range(0, n, self.rows)
-        if X.device.type != "cpu" or len(starts) == 1:
+        if X.device.type != "cpu" or len(starts) == 1 or threads == 1:
             for start in starts:
                 block(start)
-        else:  # blocks in parallel threads, each on one torch thread (see _cpu_workers)
+        else:  # blocks in parallel threads, each on one torch thread (see _pool)
+            workers = _workers()
             with one_torch_thread():
-                list(_pool().map(block, starts))
+                list(_pool(workers).map(block, starts))
         return labels, best.clamp_(min=0)
 
 
@@ -135,11 +150,17 @@ def full_pass(data: np.ndarray, C, loss: str = "square", param: float | None = N
               chunk_rows: int = CHUNK_ROWS, progress: Callable[[int], None] | None = None) -> PassResult:
     """Assign every row of `data` (n, d; any numeric dtype, converted to float32 a chunk at a
     time) to its cheapest center under `loss` and sum what a k-means needs (see PassResult).
-    Memory: the data, one float32 chunk and its rows x k block, the labels if asked for.
+    Memory: the data, one float32 chunk and its rows x k block per worker, the labels if asked for.
 
     For the square loss the squared error comes from the per-cluster sums, exactly (float64
     sums of the rows' values): sum |x|^2 - 2 sum_j c_j . S_j + sum_j n_j |c_j|^2, with no
-    residual gathered per row; the other losses sum their pointwise loss of the residuals."""
+    residual gathered per row; the other losses sum their pointwise loss of the residuals.
+
+    On a CPU, distance losses work the chunks in parallel threads, each chunk whole (convert,
+    search on one thread, sums) in one of them: the per-chunk sums then overlap the other
+    thread's search instead of following a search on every core (20M x 25, K = 1000 with
+    faiss: see docs/BENCHMARKS.md). The chunks' totals are added in chunk order, so the
+    result does not depend on the threads."""
     device = torch.device(device)
     spec = L.get_loss(loss)
     Ct = torch.as_tensor(np.asarray(C, dtype=np.float32) if not isinstance(C, torch.Tensor) else C,
@@ -147,40 +168,90 @@ def full_pass(data: np.ndarray, C, loss: str = "square", param: float | None = N
     k, d = Ct.shape
     square = spec.name == "square"
     searcher = Searcher(Ct, backend) if spec.by_distance else None
-    counts = np.zeros(k, dtype=np.int64)
-    sums = np.zeros((k, d), dtype=np.float64) if (with_sums or square) else None
+    want_sums = with_sums or square
     labels_out = np.empty(len(data), dtype=np.int32) if with_labels else None
-    x_sq = sq_error = loss_total = 0.0
-    for start in range(0, len(data), chunk_rows):
+    workers = _workers() if searcher is not None and device.type == "cpu" else 1
+    if workers > 1:  # at least one chunk per worker, none tiny
+        chunk_rows = max(1, min(chunk_rows, max(MIN_PARALLEL_ROWS, -(-len(data) // workers))))
+
+    def chunk(start: int) -> _ChunkTotals:
         stop = min(len(data), start + chunk_rows)
         rows = np.ascontiguousarray(data[start:stop])
         rows32 = rows.astype(np.float32, copy=False)
         X = torch.from_numpy(rows32).to(device)
-        labels = searcher.search(X)[0] if searcher is not None else L.assign(X, Ct, loss, param)
+        if searcher is None:
+            labels = L.assign(X, Ct, loss, param)
+        else:
+            labels = searcher.search(X, threads=1 if workers > 1 else None)[0]
         flat = labels.cpu().numpy()
-        counts += np.bincount(flat, minlength=k)
-        if sums is not None:  # a bincount per coordinate: exact float64 sums (4x faster than one 2-D bincount)
+        out = _ChunkTotals(stop - start, np.bincount(flat, minlength=k))
+        if want_sums:  # a bincount per coordinate: exact float64 sums (4x faster than one 2-D bincount)
+            out.sums = np.empty((k, d), dtype=np.float64)
             for j in range(d):
-                sums[:, j] += np.bincount(flat, weights=rows[:, j], minlength=k)
+                out.sums[:, j] = np.bincount(flat, weights=rows[:, j], minlength=k)
         if square:  # integer rows of d <= 256 bytes: each row's float32 sum of squares is exact (< 2^24)
             exact32 = rows.dtype in (np.uint8, np.int8) and d <= 256
-            x_sq += float(np.einsum("ij,ij->i", rows32, rows32).sum(dtype=np.float64)) if exact32 else \
+            out.x_sq = float(np.einsum("ij,ij->i", rows32, rows32).sum(dtype=np.float64)) if exact32 else \
                 float(np.einsum("ij,ij->", rows32.astype(np.float64), rows32.astype(np.float64)))
         else:
             residual = X - Ct[labels.to(device)]
             errors = (residual * residual).sum(1)
-            sq_error += float(errors.double().sum())
-            loss_total += float(spec.pointwise(residual, param).double().sum())
+            out.sq_error = float(errors.double().sum())
+            out.loss_total = float(spec.pointwise(residual, param).double().sum())
             del residual
         if labels_out is not None:
             labels_out[start:stop] = flat
+        return out
+
+    counts = np.zeros(k, dtype=np.int64)
+    sums = np.zeros((k, d), dtype=np.float64) if want_sums else None
+    x_sq = sq_error = loss_total = 0.0
+    for part in _in_order(chunk, range(0, len(data), chunk_rows), workers):
+        counts += part.counts
+        if sums is not None:
+            sums += part.sums
+        x_sq, sq_error, loss_total = x_sq + part.x_sq, sq_error + part.sq_error, loss_total + part.loss_total
         if progress is not None:
-            progress(stop - start)
+            progress(part.rows)
     if square:
         C64 = Ct.double().cpu().numpy()
         sq_error = max(0.0, x_sq - 2.0 * float((C64 * sums).sum()) + float((counts * (C64 * C64).sum(1)).sum()))
         loss_total = sq_error
     return PassResult(counts, sq_error, loss_total, sums if with_sums else None, labels_out, len(data))
+
+
+@dataclass
+class _ChunkTotals:
+    rows: int
+    counts: np.ndarray
+    sums: np.ndarray | None = None
+    x_sq: float = 0.0
+    sq_error: float = 0.0
+    loss_total: float = 0.0
+
+
+def _in_order(work: Callable, items, workers: int):
+    """work(item) for every item, yielded in the items' order; with several workers, in
+    parallel threads (each on one torch thread), at most 2 * workers items in flight so
+    that finished results never pile up in memory."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        yield from map(work, items)
+        return
+    from collections import deque
+
+    pending: deque = deque()
+    try:
+        with one_torch_thread():
+            for item in items:
+                pending.append(_pool(workers).submit(work, item))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+    finally:  # an error (or an interrupt) stops the chunks not yet started
+        for future in pending:
+            future.cancel()
 
 
 def split_empty(C: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, int]:

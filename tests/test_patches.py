@@ -119,6 +119,46 @@ def test_nearest_search_matches_float64_brute_force():
     assert result.sq_error == pytest.approx(((U - C[result.labels].astype(np.float64)) ** 2).sum(), rel=1e-9)
 
 
+def test_full_pass_in_parallel_chunks_gives_the_serial_result(monkeypatch):
+    """On a CPU the chunks run in one thread each (searches on one thread); the totals are
+    added in chunk order, so every number equals the one-thread pass's, bit for bit."""
+    import threading
+    import time
+
+    rng = np.random.default_rng(5)
+    U = np.clip(rng.normal(size=(5000, 25)) * 40 + 100, 0, 255).astype(np.uint8)
+    C = rng.normal(size=(40, 25)).astype(np.float32) * 40 + 100
+    threads_seen = set()
+    search = nearest.Searcher.search
+
+    def traced(self, X, threads=None):
+        threads_seen.add(threading.current_thread().name)
+        time.sleep(0.01)  # every worker gets a chunk while another works
+        return search(self, X, threads)
+
+    monkeypatch.setattr(nearest.Searcher, "search", traced)
+    backends = ["torch"] + (["faiss"] if nearest.faiss_available() else [])
+    before = torch.get_num_threads()
+    for backend in backends:
+        for loss, param in (("square", None), ("correntropy", 60.0)):
+            results = []
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                threads_seen.clear()
+                try:
+                    results.append(nearest.full_pass(U, C, loss, param, backend=backend, with_sums=True,
+                                                     with_labels=True, chunk_rows=600))
+                finally:
+                    torch.set_num_threads(before)
+                assert len(threads_seen) == threads, (backend, loss, threads_seen)
+            serial, parallel = results
+            assert np.array_equal(serial.labels, parallel.labels)
+            assert np.array_equal(serial.counts, parallel.counts)
+            assert np.array_equal(serial.sums, parallel.sums)
+            assert (serial.sq_error, serial.loss_total) == (parallel.sq_error, parallel.loss_total)
+    assert torch.get_num_threads() == before
+
+
 def test_parse_ks():
     assert P.parse_ks("100:1000:100,2000:10000:1000")[:3] == [100, 200, 300]
     assert len(P.parse_ks(P.DEFAULT_KS)) == 19 and P.parse_ks("5,2,5,3:4") == [2, 3, 4, 5]
