@@ -171,8 +171,10 @@ def full_pass(data: np.ndarray, C, loss: str = "square", param: float | None = N
     want_sums = with_sums or square
     labels_out = np.empty(len(data), dtype=np.int32) if with_labels else None
     workers = _workers() if searcher is not None and device.type == "cpu" else 1
-    if workers > 1:  # at least one chunk per worker, none tiny
-        chunk_rows = max(1, min(chunk_rows, max(MIN_PARALLEL_ROWS, -(-len(data) // workers))))
+    if workers > 1:  # equal chunks, as many as a multiple of the workers (none idle at the end), none tiny
+        rounds = max(1, -(-len(data) // (workers * chunk_rows)))
+        even = -(-len(data) // (workers * rounds))  # <= chunk_rows
+        chunk_rows = even if even >= MIN_PARALLEL_ROWS else min(chunk_rows, MIN_PARALLEL_ROWS)
 
     def chunk(start: int) -> _ChunkTotals:
         stop = min(len(data), start + chunk_rows)
