@@ -128,15 +128,17 @@ def test_full_pass_in_parallel_chunks_gives_the_serial_result(monkeypatch):
     rng = np.random.default_rng(5)
     U = np.clip(rng.normal(size=(5000, 25)) * 40 + 100, 0, 255).astype(np.uint8)
     C = rng.normal(size=(40, 25)).astype(np.float32) * 40 + 100
-    threads_seen = set()
+    threads_seen, chunk_sizes = set(), []
     search = nearest.Searcher.search
 
     def traced(self, X, threads=None):
         threads_seen.add(threading.current_thread().name)
+        chunk_sizes.append(X.shape[0])
         time.sleep(0.01)  # every worker gets a chunk while another works
         return search(self, X, threads)
 
     monkeypatch.setattr(nearest.Searcher, "search", traced)
+    monkeypatch.setattr(nearest, "MIN_PARALLEL_ROWS", 64)
     backends = ["torch"] + (["faiss"] if nearest.faiss_available() else [])
     before = torch.get_num_threads()
     for backend in backends:
@@ -145,12 +147,15 @@ def test_full_pass_in_parallel_chunks_gives_the_serial_result(monkeypatch):
             for threads in (1, 2):
                 torch.set_num_threads(threads)
                 threads_seen.clear()
+                chunk_sizes.clear()
                 try:
                     results.append(nearest.full_pass(U, C, loss, param, backend=backend, with_sums=True,
                                                      with_labels=True, chunk_rows=600))
                 finally:
                     torch.set_num_threads(before)
                 assert len(threads_seen) == threads, (backend, loss, threads_seen)
+            # 5000 rows in chunks of at most 600 on 2 threads: 10 equal chunks (9 would leave a thread idle)
+            assert chunk_sizes == [500] * 10, chunk_sizes
             serial, parallel = results
             assert np.array_equal(serial.labels, parallel.labels)
             assert np.array_equal(serial.counts, parallel.counts)
