@@ -175,6 +175,8 @@ def full_pass(data: np.ndarray, C, loss: str = "square", param: float | None = N
         rounds = max(1, -(-len(data) // (workers * chunk_rows)))
         even = -(-len(data) // (workers * rounds))  # <= chunk_rows
         chunk_rows = even if even >= MIN_PARALLEL_ROWS else min(chunk_rows, MIN_PARALLEL_ROWS)
+    starts = range(0, len(data), chunk_rows)
+    parallel = workers > 1 and len(starts) > 1  # else the one chunk's search uses every core itself
 
     def chunk(start: int) -> _ChunkTotals:
         stop = min(len(data), start + chunk_rows)
@@ -184,7 +186,7 @@ def full_pass(data: np.ndarray, C, loss: str = "square", param: float | None = N
         if searcher is None:
             labels = L.assign(X, Ct, loss, param)
         else:
-            labels = searcher.search(X, threads=1 if workers > 1 else None)[0]
+            labels = searcher.search(X, threads=1 if parallel else None)[0]
         flat = labels.cpu().numpy()
         out = _ChunkTotals(stop - start, np.bincount(flat, minlength=k))
         if want_sums:  # a bincount per coordinate: exact float64 sums (4x faster than one 2-D bincount)
@@ -208,7 +210,7 @@ def full_pass(data: np.ndarray, C, loss: str = "square", param: float | None = N
     counts = np.zeros(k, dtype=np.int64)
     sums = np.zeros((k, d), dtype=np.float64) if want_sums else None
     x_sq = sq_error = loss_total = 0.0
-    for part in _in_order(chunk, range(0, len(data), chunk_rows), workers):
+    for part in _in_order(chunk, starts, workers if parallel else 1):
         counts += part.counts
         if sums is not None:
             sums += part.sums
@@ -236,8 +238,7 @@ def _in_order(work: Callable, items, workers: int):
     """work(item) for every item, yielded in the items' order; with several workers, in
     parallel threads (each on one torch thread), at most 2 * workers items in flight so
     that finished results never pile up in memory."""
-    items = list(items)
-    if workers <= 1 or len(items) <= 1:
+    if workers <= 1:
         yield from map(work, items)
         return
     from collections import deque

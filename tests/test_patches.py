@@ -133,7 +133,7 @@ def test_full_pass_in_parallel_chunks_gives_the_serial_result(monkeypatch):
 
     def traced(self, X, threads=None):
         threads_seen.add(threading.current_thread().name)
-        chunk_sizes.append(X.shape[0])
+        chunk_sizes.append((X.shape[0], threads))
         time.sleep(0.01)  # every worker gets a chunk while another works
         return search(self, X, threads)
 
@@ -154,13 +154,22 @@ def test_full_pass_in_parallel_chunks_gives_the_serial_result(monkeypatch):
                 finally:
                     torch.set_num_threads(before)
                 assert len(threads_seen) == threads, (backend, loss, threads_seen)
-            # 5000 rows in chunks of at most 600 on 2 threads: 10 equal chunks (9 would leave a thread idle)
-            assert chunk_sizes == [500] * 10, chunk_sizes
+            # the 2-thread pass: 5000 rows in chunks of at most 600 make 10 equal chunks (9 would
+            # leave a thread idle), each searched on its own thread
+            assert chunk_sizes == [(500, 1)] * 10, chunk_sizes
             serial, parallel = results
             assert np.array_equal(serial.labels, parallel.labels)
             assert np.array_equal(serial.counts, parallel.counts)
             assert np.array_equal(serial.sums, parallel.sums)
             assert (serial.sq_error, serial.loss_total) == (parallel.sq_error, parallel.loss_total)
+        # data that makes one chunk: its search keeps every core (no thread of its own)
+        torch.set_num_threads(2)
+        chunk_sizes.clear()
+        try:
+            nearest.full_pass(U[:50], C, backend=backend)
+        finally:
+            torch.set_num_threads(before)
+        assert chunk_sizes == [(50, None)], chunk_sizes
     assert torch.get_num_threads() == before
 
 
