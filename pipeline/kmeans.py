@@ -271,7 +271,8 @@ def engine_fingerprint(loss: str) -> str:
 def auto_param_at(X: torch.Tensor, k: int, loss: str, seed: int = 0) -> float | None:
     """The parameter `param="auto"` gives `loss` at k clusters on X (None for square/absolute)."""
     model = GeneralizedKMeans(k, loss, n_init=1, seed=seed, device=X.device)
-    return model._resolve_param(X, None, _Starts(X, k, None, [np.random.default_rng([seed, 0])], None))
+    starts = _Starts(X, k, None, [np.random.default_rng([seed, 0])], None)
+    return model._resolve_param(X, None, lambda: model._short_square_fit(X, None, starts))
 
 
 def sample_size(n_rows: int, k: int) -> int:
@@ -383,7 +384,7 @@ class GeneralizedKMeans:
                     sampled = False
             if not sampled:
                 self._phase("fit", runs * self.max_iter)
-                param = self._resolve_param(Xt, weight, starts)
+                param = self._resolve_param(Xt, weight, lambda: self._short_square_fit(Xt, weight, starts))
                 best = self._polish(Xt, self._restarts(Xt, starts(), param, weight), param, weight)
                 sample_rows, full_steps = Xt.shape[0], 0
             labels, centers, objective, n_iter, converged, history = best
@@ -499,18 +500,25 @@ class GeneralizedKMeans:
                                  f"got {tuple(C0.shape)}")
         return C0
 
-    def _resolve_param(self, X: torch.Tensor, weight: torch.Tensor | None, starts: "_Starts") -> float | None:
+    def _resolve_param(self, X: torch.Tensor, weight: torch.Tensor | None, square_fit) -> float | None:
+        """The loss's parameter on X: the given one checked against the data's scale, or
+        `auto` from the residuals of a square-loss fit of X; `square_fit()` gives that
+        fit's (labels, centers), and is called only for `auto`."""
         spec = L.get_loss(self.loss)
         if spec.param_name is None:
             return None
         scale = L.data_scale(X, spec.name, sample_weight=weight)
         if self.param != "auto":
             return L.check_param_scale(spec.name, L.validate_param(spec.name, self.param), scale)
-        # The scale comes from the residuals of a short square-loss fit of the same data,
-        # from the first restart's start.
+        labels, centers = square_fit()
+        return L.clamp_to_range(L.auto_param(X, centers, labels, spec.name, weight), scale, spec.name)
+
+    def _short_square_fit(self, X: torch.Tensor, weight: torch.Tensor | None, starts: "_Starts"):
+        """The exact path's square-loss fit for the auto parameter: at most 20 iterations from
+        the first restart's start. Returns (labels, centers)."""
         labels, centers, *_ = self._lloyd(X, starts()[:1], None, loss="square", max_iter=min(self.max_iter, 20),
                                           weight=weight)
-        return L.clamp_to_range(L.auto_param(X, centers, labels, spec.name, weight), scale, spec.name)
+        return labels, centers
 
     def _reseed_empty(self, X, C, labels, loss, param, weight=None) -> torch.Tensor:
         """Empty clusters move to the points with the largest loss to their center.
@@ -552,7 +560,7 @@ class GeneralizedKMeans:
     def _total(self, cost: torch.Tensor, weight: torch.Tensor | None) -> float:
         return self._totals(cost[None], weight)[0]
 
-    def _lloyd(self, X, starts, param, loss=None, max_iter=None, weight=None, tol=None):
+    def _lloyd(self, X, starts, param, loss=None, max_iter=None, weight=None):
         """Restarts from the centers `starts` (runs, k, d), computed together as one clustering
         of runs * k centers over `runs` copies of X (assignment picks the cheapest center
         within each restart's block); a restart that meets its stopping test leaves the
@@ -561,7 +569,6 @@ class GeneralizedKMeans:
         loss = loss or self.loss
         spec = L.get_loss(loss)
         max_iter = max_iter or self.max_iter
-        tol = self.tol if tol is None else tol
         runs, k, d = starts.shape
         n = X.shape[0]
         # the copies of X are all the same: the first m of them serve a batch of m restarts
@@ -595,7 +602,7 @@ class GeneralizedKMeans:
                 history[run].append(objective[run])
                 if live_progress:
                     self.on_iteration(iteration, objective[run])
-                if stable[j] and (change <= tol or spec.exact_update):
+                if stable[j] and (change <= self.tol or spec.exact_update):
                     converged[run] = True  # exact updates: same labels means the same centers next time
                     finals[run] = (labels[j * n:(j + 1) * n] - j * k, C[j * k:(j + 1) * k])
                 else:
@@ -693,12 +700,7 @@ class GeneralizedKMeans:
         totals = [self._total(L.assign(X, result[1], "square", None, with_cost=True)[1], weight) for result in squares]
         order = sorted(range(runs), key=lambda run: (totals[run], run))
         square = squares[order[0]]
-        param = None
-        if spec.param_name is not None:
-            scale = L.data_scale(S, spec.name, sample_weight=w)
-            param = L.check_param_scale(spec.name, L.validate_param(spec.name, self.param), scale) \
-                if self.param != "auto" else \
-                L.clamp_to_range(L.auto_param(S, square[1], square[0], spec.name, w), scale, spec.name)
+        param = self._resolve_param(S, w, lambda: square[:2])
         fitted = square
         if spec.name != "square":  # from the best square fits, the lowest objective on the sample wins
             fitted = min((self._lloyd(S, squares[run][1][None], param, weight=w)

@@ -107,8 +107,7 @@ class Searcher:
             import faiss
 
             before = faiss.omp_get_max_threads()  # OpenMP's setting is the calling thread's own
-            if threads:
-                faiss.omp_set_num_threads(threads)
+            faiss.omp_set_num_threads(threads or before)
             try:
                 d2, labels = self.index.search(np.ascontiguousarray(X.numpy()), 1)
             finally:
