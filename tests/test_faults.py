@@ -16,8 +16,11 @@ from __future__ import annotations
 import filecmp
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,8 @@ from conftest import make_photos
 TEMP_NAME = ".photoclust-tmp"
 ARGS = ["--weights", "random", "--device", "cpu", "--workers", "0", "--batch-size", "1"]
 CLUSTER_ARGS = ["--k", "2", "--losses", "square,huber", "--n-init", "1"]
+# Each write point's try is its own processes and folders: tries run side by side, one per core.
+POINT_WORKERS = max(1, min(4, os.cpu_count() or 1))
 # Differ from run to run by nature (timings, the device string); compared without them.
 VOLATILE_SUMMARY_KEYS = ("seconds", "device")
 
@@ -51,15 +56,23 @@ def runner():
                                 "pipeline.export", "pipeline.assign", "pipeline.palette", "pipeline.quantize",
                                 "pipeline.segment", "pipeline.patches", "matplotlib.pyplot", "jinja2"])
 
+    # Tries run in threads (for_each_point), but multiprocessing is not thread-safe there:
+    # start() polls every other child, and two threads reading one child's exit status from
+    # the forkserver get it once and 255 the other time. So start and reap one at a time,
+    # and wait for the exit by the child's sentinel, which reads nothing.
+    bookkeeping = threading.Lock()
+
     def run(argv: list[str], kill_at: int | None = None, log: Path | None = None, stderr: Path | None = None) -> int:
         env = {"PHOTOCLUST_KILL_AT": str(kill_at)} if kill_at else {}
         if log is not None:
             env["PHOTOCLUST_FAULT_LOG"] = str(log)
         process = ctx.Process(target=_child, args=([str(a) for a in argv], env, str(stderr) if stderr else None))
-        process.start()
-        process.join(120)
-        assert process.exitcode is not None, f"{argv} hung"
-        return process.exitcode
+        with bookkeeping:
+            process.start()
+        assert multiprocessing.connection.wait([process.sentinel], 120), f"{argv} hung"
+        with bookkeeping:
+            process.join()
+            return process.exitcode
 
     return run
 
@@ -103,17 +116,30 @@ def assert_same_outputs(out: Path, clean: Path, skip: tuple[str, ...] = ("index.
             assert same_file(out / rel, clean / rel), rel
 
 
+def for_each_point(points: list[str], check) -> None:
+    """check(n, name) for every write point n (from 1), POINT_WORKERS at a time; the first
+    failure (in point order) is raised and the tries not yet started are dropped."""
+    pool = ThreadPoolExecutor(POINT_WORKERS)
+    try:
+        for future in [pool.submit(check, n, name) for n, name in enumerate(points, start=1)]:
+            future.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
 def every_kill_reruns_clean(runner, argv, points: list[str], clean: Path, prepare, skip=("index.html",)) -> None:
     """For each write point n: a run killed there (SIGKILL, no cleanup), then the same run
     again, gives exactly the clean run's files and leaves no temporary file. `prepare(n)`
     makes the starting folder of that try and returns it."""
-    for n, name in enumerate(points, start=1):
+    def check(n: int, name: str) -> None:
         target = prepare(n)
         assert runner(argv(target), kill_at=n) == -9, name
         assert runner(argv(target)) == 0, name
         assert_same_outputs(target, clean, skip=skip)
         assert not leftovers(target), name
         shutil.rmtree(target)
+
+    for_each_point(points, check)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +167,8 @@ def test_extract_killed_at_every_write_point_resumes_to_the_clean_result(runner,
         shutil.copytree(base, probe)
         points = write_points(runner, ["extract", folder, "--out", probe, *ARGS], tmp_path / "log")
         assert any("journal" in p for p in points) and any("features.json" in p for p in points)
-        for n, name in enumerate(points, start=1):
+
+        def check(n: int, name: str) -> None:
             out = tmp_path / f"kill{n}"
             shutil.copytree(base, out)
             assert runner(["extract", folder, "--out", out, *ARGS], kill_at=n) == -9, name
@@ -150,6 +177,8 @@ def test_extract_killed_at_every_write_point_resumes_to_the_clean_result(runner,
             assert (out / "manifest.csv").read_bytes() == (clean / "manifest.csv").read_bytes(), name
             assert not (out / "journal").exists() and not leftovers(out), name
             shutil.rmtree(out)
+
+        for_each_point(points, check)
     finally:
         shutil.copy2(made[3], made[0]) if not made[0].exists() else None
         made[3].unlink(missing_ok=True)
@@ -211,7 +240,8 @@ def test_refit_killed_at_every_write_point_never_passes_for_a_finished_clusterin
     shutil.copytree(start, probe)
     assert runner(refit(clean)) == 0
     points = write_points(runner, refit(probe), tmp_path / "log")
-    for n, name in enumerate(points, start=1):
+
+    def check(n: int, name: str) -> None:
         out = tmp_path / f"kill{n}"
         shutil.copytree(start, out)
         assert runner(refit(out), kill_at=n) == -9, name
@@ -226,6 +256,8 @@ def test_refit_killed_at_every_write_point_never_passes_for_a_finished_clusterin
         assert runner(refit(out)) == 0, name
         assert_same_outputs(out, clean)
         shutil.rmtree(out)
+
+    for_each_point(points, check)
 
 
 def test_export_killed_at_every_write_point_gives_the_clean_folders(runner, extracted, tmp_path):
