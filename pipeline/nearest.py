@@ -128,9 +128,7 @@ class Searcher:
             for start in starts:
                 block(start)
         else:  # blocks in parallel threads, each on one torch thread (see _pool)
-            workers = _workers()
-            with one_torch_thread():
-                list(_pool(workers).map(block, starts))
+            list(_in_order(block, starts, _workers()))
         return labels, best.clamp_(min=0)
 
 
@@ -197,7 +195,7 @@ def full_pass(data: np.ndarray, C, loss: str = "square", param: float | None = N
             out.x_sq = float(np.einsum("ij,ij->i", rows32, rows32).sum(dtype=np.float64)) if exact32 else \
                 float(np.einsum("ij,ij->", rows32.astype(np.float64), rows32.astype(np.float64)))
         else:
-            residual = X - Ct[labels.to(device)]
+            residual = X - L.rows_of(Ct, labels.to(device))
             errors = (residual * residual).sum(1)
             out.sq_error = float(errors.double().sum())
             out.loss_total = float(spec.pointwise(residual, param).double().sum())
