@@ -7,11 +7,18 @@ default), side by side in one run on one machine (compare ratios, not runs):
   benchmark in a temporary folder from sample photos): end to end against the bare
   forward, and where one image's time goes (decode, resize, forward, commit);
 - bf16 against fp32: per-image cosine of the embeddings and, per loss, the agreement
-  (ARI) of the clusterings of the sample under the two precisions.
+  (ARI) of the clusterings of the sample under the two precisions;
+- the two JPEG decoders (Pillow in the workers, and torchvision's on the model's device),
+  first model only: the same agreement between the sample's embeddings under each.
 
     python benchmarks/bench_extract.py [--photos data/sample] [--models vgg16,efficientnet-lite0]
-                                       [--weights auto] [--device auto]
+                                       [--weights auto] [--device auto] [--large N]
 writes outputs/bench/extract.json.
+
+On CUDA the large-JPEG case also runs with Pillow decoding in the workers
+(`--jpeg-decoder pillow`) beside the default nvJPEG decoding on the GPU, and times nvJPEG's
+batched decode alone; `--large` sets how many large JPEGs (48 distinct ones, then copies:
+the same bytes cost the same to decode).
 """
 
 from __future__ import annotations
@@ -34,14 +41,17 @@ from pipeline.cache import load_embedded  # noqa: E402
 from pipeline.cluster import normalize_features  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.extract import (autocast_dtype, embed_batch, extract_folder, precision_name,  # noqa: E402
-                              to_network_pixels)
+                              resolve_batch_size, to_network_pixels)
+from pipeline import jpeg_device  # noqa: E402
+from pipeline.weights import torchvision_preprocess  # noqa: E402
 from pipeline.images import open_rgb  # noqa: E402
 from pipeline.kmeans import GeneralizedKMeans, resolve_device  # noqa: E402
 from pipeline.losses import LOSS_NAMES  # noqa: E402
 from pipeline.metrics import ari  # noqa: E402
 from pipeline import backbones  # noqa: E402
 
-LARGE_JPEGS = 48
+LARGE_JPEGS = 48  # distinct ones; more are copies of these
+LARGE_JPEGS_CUDA = 2048  # enough for a GPU's steady rate to show past its start
 LARGE_SIZE = (4000, 3000)
 
 
@@ -78,6 +88,8 @@ def end_to_end(photos: Path, out: Path, cfg) -> dict:
     rerun = extract_folder(photos, out, cfg, log=lambda m: None, progress=False)
     assert rerun.decoded == 0
     return {"images": timing["images"], "images_per_s": timing["images_per_s"],
+            "images_per_s_after_first_batch": timing["images_per_s_after_first_batch"],
+            "seconds_to_first_batch": timing["seconds_to_first_batch"],
             "no_change_rerun_seconds": round(time.perf_counter() - started, 3)}
 
 
@@ -105,14 +117,51 @@ def _sync(device) -> None:
 
 
 def make_large_jpegs(folder: Path, sources: list[Path], n: int) -> None:
-    """12-megapixel JPEGs with sensor-like grain, so they are as costly to decode as photos."""
-    rng = np.random.default_rng(0)
+    """12-megapixel JPEGs with sensor-like grain, so they are as costly to decode as photos:
+    the first LARGE_JPEGS made in parallel, the rest copies of them."""
+    from concurrent.futures import ProcessPoolExecutor
+
     folder.mkdir(parents=True)
-    for i in range(n):
-        with Image.open(sources[i % len(sources)]) as im:
-            big = np.asarray(im.convert("RGB").resize(LARGE_SIZE, Image.Resampling.BILINEAR), dtype=np.int16)
-        grain = rng.normal(0, 12, big.shape).astype(np.int16)
-        Image.fromarray(np.clip(big + grain, 0, 255).astype(np.uint8)).save(folder / f"large_{i:03d}.jpg", quality=92)
+    distinct = min(n, LARGE_JPEGS)
+    jobs = [(sources[i % len(sources)], folder / f"large_{i:04d}.jpg", i) for i in range(distinct)]
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(_make_large_jpeg, *zip(*jobs)))
+    for i in range(distinct, n):
+        (folder / f"large_{i:04d}.jpg").write_bytes((folder / f"large_{i % distinct:04d}.jpg").read_bytes())
+
+
+def _make_large_jpeg(source: Path, target: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    with Image.open(source) as im:
+        big = np.asarray(im.convert("RGB").resize(LARGE_SIZE, Image.Resampling.BILINEAR), dtype=np.int16)
+    grain = rng.normal(0, 12, big.shape).astype(np.int16)
+    Image.fromarray(np.clip(big + grain, 0, 255).astype(np.uint8)).save(target, quality=92)
+
+
+def time_device_decode(paths: list[Path], device, batch_size: int) -> dict:
+    """Milliseconds per image of the device decoder alone (bytes already read), batch by batch,
+    and of resizing its output to the network's pixels; best of 3 rounds."""
+    data = [bytearray(p.read_bytes()) for p in paths]
+    encoded = [jpeg_device.EncodedJPEG(torch.frombuffer(d, dtype=torch.uint8), jpeg_device.probe(d) or 1)
+               for d in data]
+    pre = torchvision_preprocess()  # resize 256, crop 224: what the geometry needs of it
+    decode_s, resize_s = [], []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        images = []
+        for start in range(0, len(encoded), batch_size):
+            images += jpeg_device.decode(encoded[start:start + batch_size], device)
+        _sync(device)
+        t1 = time.perf_counter()
+        for start in range(0, len(images), batch_size):
+            jpeg_device.network_pixels(images[start:start + batch_size], pre, "crop")
+        _sync(device)
+        decode_s.append(t1 - t0)
+        resize_s.append(time.perf_counter() - t1)
+        del images
+    n = len(paths)
+    return {"device_decode_ms": round(1000 * min(decode_s) / n, 3), "device_resize_ms": round(1000 * min(resize_s) / n, 3),
+            "images": n, "batch_size": batch_size}
 
 
 def time_split(paths: list[Path], model, weights, device, half, resize: str, batch_size: int) -> dict:
@@ -134,8 +183,9 @@ def time_split(paths: list[Path], model, weights, device, half, resize: str, bat
             "forward_ms": round(1000 * (t3 - t2) / n, 1)}
 
 
-def agreement(fp32: np.ndarray, bf16: np.ndarray, k: int = 4) -> dict:
-    """Per-image cosine of bf16 to fp32 embeddings; per loss, ARI of the two clusterings."""
+def agreement(fp32: np.ndarray, bf16: np.ndarray, k: int = 4, name: str = "ari_fp32_vs_bf16") -> dict:
+    """Per-image cosine of bf16 to fp32 embeddings (or any two embeddings of the same photos);
+    per loss, ARI of the two clusterings."""
     a, b = normalize_features(fp32, "l2"), normalize_features(bf16, "l2")
     cosine = (a * b).sum(axis=1)
     per_loss = {}
@@ -144,7 +194,7 @@ def agreement(fp32: np.ndarray, bf16: np.ndarray, k: int = 4) -> dict:
                   for x in (a, b)]
         per_loss[loss] = round(float(ari(labels[0], labels[1])), 4)
     return {"cosine_min": round(float(cosine.min()), 6), "cosine_median": round(float(np.median(cosine)), 6),
-            "ari_fp32_vs_bf16": per_loss}
+            name: per_loss}
 
 
 def main() -> None:
@@ -155,17 +205,21 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="VGG16's weights (the other models: their own)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--large", type=int, default=None,
+                        help=f"large JPEGs to extract (default {LARGE_JPEGS}, on CUDA {LARGE_JPEGS_CUDA})")
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     base = load_config(None, extract=dict(weights=args.weights, device=args.device, batch_size=args.batch_size)).extract
     device = resolve_device(base.device, prefer_mps=True)
+    batch = resolve_batch_size(base.batch_size, device)
+    n_large = args.large or (LARGE_JPEGS_CUDA if device.type == "cuda" else LARGE_JPEGS)
     photos = Path(args.photos)
     loaded = {}
     for name in models:
         cfg = replace(base, model=name, weights=base.weights if name == "vgg16" else "auto")
         weights = backbones.resolve(name, cfg.weights, log=lambda m: None)
         loaded[name] = (cfg, weights, backbones.build(weights).to(device).to(memory_format=torch.channels_last))
-    result = {"photos": str(photos), "device": str(device), "batch_size": base.batch_size,
+    result = {"photos": str(photos), "device": str(device), "batch_size": batch,
               "workers": base.workers or "auto", "load_average_before": _load(), "models": {}}
     features: dict[str, dict] = {name: {} for name in models}
     with tempfile.TemporaryDirectory() as tmp:
@@ -181,7 +235,7 @@ def main() -> None:
                 half = autocast_dtype(precision, device, log=lambda m: None)
                 out = Path(tmp) / f"{name}-{precision}"
                 case = end_to_end(photos, out, run_cfg)
-                case["bare_model_images_per_s"] = round(bare_forward(model, weights, device, half, base.batch_size,
+                case["bare_model_images_per_s"] = round(bare_forward(model, weights, device, half, batch,
                                                                      case["images"]), 2)
                 case["ratio_end_to_end_to_model"] = round(case["images_per_s"] / case["bare_model_images_per_s"], 3)
                 case["precision"] = precision_name(half)
@@ -190,22 +244,46 @@ def main() -> None:
                 print(f"{name}, sample, {precision} ({case['precision']}): {case['images_per_s']} img/s end to end, "
                       f"bare model {case['bare_model_images_per_s']} img/s", flush=True)
 
+        # the other JPEG decoder on the sample (Pillow on CUDA, the device decoder elsewhere), same precision
+        name = models[0]
+        cfg, weights, model = loaded[name]
+        default = "device" if jpeg_device.uses_device_decoder(cfg.jpeg_decoder, device) else "pillow"
+        other = "pillow" if default == "device" else "device"
+        out = Path(tmp) / f"{name}-{other}"
+        case = end_to_end(photos, out, replace(cfg, precision="auto", jpeg_decoder=other))
         half = autocast_dtype("auto", device, log=lambda m: None)
+        case["agreement"] = agreement(features[name][precision_name(half)], load_embedded(out).features,
+                                      name=f"ari_{default}_vs_{other}")
+        result["models"][name]["sample_other_jpeg_decoder"] = {"default": default, "other": other, **case}
+        print(f"{name}, sample, --jpeg-decoder {other} against {default}: {case['images_per_s']} img/s end to end; "
+              f"{case['agreement']}", flush=True)
+
         large = Path(tmp) / "large"
-        make_large_jpegs(large, sorted(photos.rglob("*.jpg")), LARGE_JPEGS)
+        make_large_jpegs(large, sorted(photos.rglob("*.jpg")), n_large)
         for name in models:
             cfg, weights, model = loaded[name]
             case = end_to_end(large, Path(tmp) / f"large-out-{name}", replace(cfg, precision="auto"))
-            case["bare_model_images_per_s"] = round(bare_forward(model, weights, device, half, base.batch_size,
+            case["jpeg_decoder"] = "device" if jpeg_device.uses_device_decoder(cfg.jpeg_decoder, device) else "pillow"
+            case["bare_model_images_per_s"] = round(bare_forward(model, weights, device, half, batch,
                                                                  case["images"]), 2)
             case["ratio_end_to_end_to_model"] = round(case["images_per_s"] / case["bare_model_images_per_s"], 3)
             case["megapixels"] = LARGE_SIZE[0] * LARGE_SIZE[1] / 1e6
             case["mean_file_mb"] = round(np.mean([p.stat().st_size for p in large.iterdir()]) / 1e6, 2)
             case["split_one_process"] = time_split(sorted(large.iterdir())[:16], model, weights, device, half,
-                                                   cfg.resize, base.batch_size)
+                                                   cfg.resize, batch)
+            # the device decoder alone (nvJPEG on CUDA; on a CPU the same code, for comparison)
+            case["device_decoder_alone"] = time_device_decode(
+                sorted(large.iterdir())[:2 * batch if device.type == "cuda" else 8], device, batch)
+            if device.type == "cuda":  # nvJPEG against decoding in the CPU workers
+                pillow = end_to_end(large, Path(tmp) / f"large-pillow-{name}",
+                                    replace(cfg, precision="auto", jpeg_decoder="pillow"))
+                case["pillow_decoding_in_workers"] = pillow
+                print(f"{name}, large JPEGs, Pillow in the workers: {pillow['images_per_s']} img/s end to end; "
+                      f"nvJPEG alone: {case['device_decoder_alone']}", flush=True)
             result["models"][name]["large_jpegs"] = case
             print(f"{name}, large JPEGs: {case['images_per_s']} img/s end to end, bare model "
-                  f"{case['bare_model_images_per_s']} img/s; per image {case['split_one_process']}", flush=True)
+                  f"{case['bare_model_images_per_s']} img/s; per image {case['split_one_process']}; "
+                  f"device decoder alone {case['device_decoder_alone']}", flush=True)
 
     for name in models:
         if {"bfloat16", "float32"} <= set(features[name]):

@@ -60,6 +60,7 @@ class Embedding:
     resize: str
     half: torch.dtype | None
     device: torch.device
+    jpeg_decoder: str = "pillow"  # pillow | device, as the run's JPEGs were decoded
 
 
 def _weights_spec(weights_id: str, model: str = "vgg16") -> tuple[str, int] | None:
@@ -130,13 +131,15 @@ def reproduce_embedding(out_dir: Path, cfg: ExtractConfig, weights: str | None =
                         "pass --device cpu")
     if half == torch.bfloat16 and not native_bf16(device):
         log(f"warning: the run was embedded in bfloat16, which {device} emulates (slowly)")
-    def key_here(resize: str) -> dict:
-        return json.loads(json.dumps(cache_key(loaded, resize, precision)))  # as cache_key.json holds it
+    def key_here(resize: str, jpeg_on: torch.device | None) -> dict:
+        return json.loads(json.dumps(cache_key(loaded, resize, precision, jpeg_on)))  # as cache_key.json holds it
 
     for resize in ("crop", "squash"):
-        if key_here(resize) == key:
-            return Embedding(loaded, resize, half, device)
-    differences = _differences(key, key_here("squash" if "squash" in str(key.get("geometry", "")) else "crop"))
+        for jpeg_on in (None, device):  # JPEGs decoded by Pillow, or on this device
+            if key_here(resize, jpeg_on) == key:
+                return Embedding(loaded, resize, half, device, "pillow" if jpeg_on is None else "device")
+    differences = _differences(key, key_here("squash" if "squash" in str(key.get("geometry", "")) else "crop",
+                                             device if "jpeg_decoder" in key else None))
     raise UserError(f"new photos cannot be embedded here exactly as the run in {out_dir} was ("
                     f"{'; '.join(differences[:3])}); run `photoclust extract PHOTOS --out {out_dir}` to re-embed "
                     "the run with this setup, then assign again")
@@ -171,7 +174,7 @@ def embed_new(folder: Path, out_dir: Path, cfg: ExtractConfig, embedding: Embedd
     paths, rows = [], []
     if todo:
         log(f"embedding {len(todo)} new image(s) with {embedding.weights.id} on {embedding.device}")
-        run_cfg = replace(cfg, resize=embedding.resize)
+        run_cfg = replace(cfg, resize=embedding.resize, jpeg_decoder=embedding.jpeg_decoder)
         for entries, batch in embed_files(todo, embedding.weights, run_cfg, embedding.device, embedding.half,
                                           progress, desc="assign"):
             for entry, row in zip(entries, batch):

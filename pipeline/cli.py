@@ -62,11 +62,15 @@ def _add_extract_options(p: argparse.ArgumentParser) -> None:
                    help="auto | imagenet | oxford (VGG16 only) | random | PATH to a state dict of the --model")
     p.add_argument("--resize", default=None,
                    help="crop: resize 256 + center crop 224 (default); squash: 224x224 like the tutorial")
-    p.add_argument("--batch-size", default=None, help="images per forward pass (default 16)")
+    p.add_argument("--batch-size", default=None,
+                   help="images per forward pass: auto (default: 16, on a CUDA GPU what fits, up to 256) or a number")
     p.add_argument("--workers", default=None, help="decoding processes (default auto)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
     p.add_argument("--precision", default=None,
                    help="auto (bf16 where the CPU or GPU computes it natively, else fp32) | fp32 | bf16")
+    p.add_argument("--jpeg-decoder", default=None,
+                   help="auto (default: on the GPU with nvJPEG when the model runs on CUDA, else Pillow) | pillow | "
+                        "device (JPEGs decoded where the model runs)")
     p.add_argument("--executor", default=None,
                    help="local (default): embed on this machine | ray: on a Ray cluster (pip install "
                         "'photoclust[ray]'; every node must see the photo folder at the same path)")
@@ -212,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     asg.add_argument("--weights", default=None,
                      help="only for a run embedded with a weights file: that PATH (other weights are refused; "
                           "by default the run's own weights, from its cache_key.json)")
-    asg.add_argument("--batch-size", default=None, help="images per forward pass (default 16)")
+    asg.add_argument("--batch-size", default=None,
+                     help="images per forward pass: auto (default: 16, on a CUDA GPU what fits, up to 256) or a number")
     asg.add_argument("--workers", default=None, help="decoding processes (default auto)")
     asg.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
     asg.set_defaults(run=_run_assign)
@@ -346,8 +351,8 @@ def _load(args: argparse.Namespace, extract: bool = False, cluster: bool = False
     from .config import load_config
 
     ext = dict(model=args.model, weights=args.weights, resize=args.resize, batch_size=args.batch_size, workers=args.workers,
-               device=args.device, precision=args.precision, executor=args.executor, ray_address=args.ray_address,
-               ray_actors=args.ray_actors) if extract else None
+               device=args.device, precision=args.precision, jpeg_decoder=args.jpeg_decoder, executor=args.executor,
+               ray_address=args.ray_address, ray_actors=args.ray_actors) if extract else None
     clu = None
     if cluster:  # sweep has only some of the cluster options
         clu = {key: getattr(args, attr, None) for key, attr in (

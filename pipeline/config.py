@@ -22,6 +22,7 @@ RESIZE_MODES = ("crop", "squash")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 EXECUTORS = ("local", "ray")
+JPEG_DECODERS = ("auto", "pillow", "device")
 NORMALIZATIONS = ("l2", "none")
 SECTIONS = ("extract", "cluster", "render")
 
@@ -31,10 +32,11 @@ class ExtractConfig:
     model: str = "vgg16"  # a backbones.REGISTRY name: vgg16 | efficientnet-lite0 | resnet50 | ...
     weights: str = "auto"
     resize: str = "crop"
-    batch_size: int = 16
+    batch_size: int | None = None  # None = auto: 16 off CUDA, what fits on a CUDA GPU (extract.resolve_batch_size)
     workers: int | None = None  # None = auto
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16: bf16 where the device computes it natively
+    jpeg_decoder: str = "auto"  # auto | pillow | device: JPEGs decoded on the model's device (on CUDA, auto)
     executor: str = "local"  # local | ray: embed on this machine or on a Ray cluster (ray_executor.py)
     ray_address: str = "auto"  # auto (RAY_ADDRESS or the cluster started on this machine) | HOST:PORT | local
     ray_actors: int | None = None  # None = auto: one embedder per GPU of the cluster, else one per CPU
@@ -211,16 +213,18 @@ def _validate_extract(values: dict[str, Setting]) -> ExtractConfig:
     cfg = ExtractConfig()
     get = partial(_get, values, cfg, "extract")
     workers = _int(get("workers"), 0, auto="auto") if "workers" in values else None
+    batch_size = _int(get("batch_size"), 1, auto="auto") if "batch_size" in values else None
     actors = _int(get("ray_actors"), 1, auto="auto") if "ray_actors" in values else None
     return replace(
         cfg,
         model=_choice(get("model"), MODEL_NAMES),
         weights=_text(get("weights"), "auto, imagenet, oxford, random or the path of a VGG16 state dict"),
         resize=_choice(get("resize"), RESIZE_MODES),
-        batch_size=_int(get("batch_size"), 1),
+        batch_size=None if batch_size == "auto" else batch_size,
         workers=None if workers == "auto" else workers,
         device=_choice(get("device"), DEVICES),
         precision=_choice(get("precision"), PRECISIONS),
+        jpeg_decoder=_choice(get("jpeg_decoder"), JPEG_DECODERS),
         executor=_choice(get("executor"), EXECUTORS),
         ray_address=_text(get("ray_address"), "auto, local or HOST:PORT of a Ray cluster's head"),
         ray_actors=None if actors == "auto" else actors,

@@ -8,9 +8,11 @@ interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from . import backbones
+from . import backbones, jpeg_device
 from .cache import (OK, UNREADABLE, CacheDamaged, Entry, Journal, activate_key, file_digest, key_id, load_cache,
                     set_aside, write_cache, write_source)
 from .config import ExtractConfig
@@ -92,9 +94,11 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return str(dtype).replace("torch.", "") if dtype is not None else "float32"
 
 
-def cache_key(weights: Weights, resize: str, precision: str) -> dict:
+def cache_key(weights: Weights, resize: str, precision: str, jpeg_on: torch.device | None = None) -> dict:
     """What made a features cache: a change to any of it is another cache (see cache.activate_key).
-    VGG16's key is the same as before the model registry, so its caches stay valid."""
+    VGG16's key is the same as before the model registry, so its caches stay valid; `jpeg_on`,
+    the device that decoded the JPEGs (None: Pillow on the CPU, with no entry in the key, so
+    keys from before the device decoder stay valid too)."""
     backbone = backbones.get(weights.model)
     pre = weights.preprocess
     geometry = (f"resize shorter side {pre.resize}, center crop {pre.crop}" if resize == "crop"
@@ -108,7 +112,7 @@ def cache_key(weights: Weights, resize: str, precision: str) -> dict:
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                      "pillow": PIL.__version__, "numpy": np.__version__, **backbone.versions()},
         "feature_dim": backbone.feature_dim,
-    }
+    } | ({"jpeg_decoder": jpeg_device.describe(jpeg_on)} if jpeg_on is not None else {})
 
 
 def to_network_pixels(image: PIL.Image.Image, pre: Preprocess, resize: str) -> torch.Tensor:
@@ -121,10 +125,14 @@ def to_network_pixels(image: PIL.Image.Image, pre: Preprocess, resize: str) -> t
 
 
 class PhotoDataset(Dataset):
-    """Decodes in DataLoader workers so the model never waits on JPEG decoding."""
+    """Decodes in DataLoader workers so the model never waits on JPEG decoding.
 
-    def __init__(self, paths: list[Path], pre: Preprocess, resize: str):
-        self.paths, self.pre, self.resize = paths, pre, resize
+    With `device_jpeg`, a JPEG the device decoder can take is not decoded here: the worker
+    hands its bytes over (`jpeg_device.EncodedJPEG`) and the main process decodes the
+    batch on the model's device."""
+
+    def __init__(self, paths: list[Path], pre: Preprocess, resize: str, device_jpeg: bool = False):
+        self.paths, self.pre, self.resize, self.device_jpeg = paths, pre, resize, device_jpeg
         side = pre.resize if resize == "crop" else pre.crop
         self.min_size = (side, side)
 
@@ -133,15 +141,34 @@ class PhotoDataset(Dataset):
 
     def __getitem__(self, index: int):
         path = self.paths[index]
+        if self.device_jpeg:
+            try:
+                data = _read_all(path)
+            except OSError as exc:
+                return index, None, "", f"cannot read: {exc.strerror or exc}"
+            sha1 = hashlib.sha1(data).hexdigest()
+            orientation = jpeg_device.probe(data)
+            if orientation is not None:
+                return index, jpeg_device.EncodedJPEG(torch.frombuffer(data, dtype=torch.uint8), orientation), sha1, ""
+        else:
+            try:
+                sha1 = file_digest(path, "sha1")
+            except OSError as exc:
+                return index, None, "", f"cannot read: {exc.strerror or exc}"
+        pixels, reason = self.pillow_pixels(path)
+        return index, pixels, sha1, reason
+
+    def pillow_pixels(self, path: Path) -> tuple[torch.Tensor | None, str]:
+        """(uint8 (3, crop, crop) pixels, "") or (None, why the file cannot be decoded)."""
         try:
-            sha1 = file_digest(path, "sha1")
-        except OSError as exc:
-            return index, None, "", f"cannot read: {exc.strerror or exc}"
-        try:
-            pixels = to_network_pixels(open_rgb(path, self.min_size), self.pre, self.resize)
+            return to_network_pixels(open_rgb(path, self.min_size), self.pre, self.resize), ""
         except UnreadableImage as exc:
-            return index, None, sha1, exc.reason
-        return index, pixels, sha1, ""
+            return None, exc.reason
+
+
+def _read_all(path: Path) -> bytearray:
+    with open(path, "rb") as fh:
+        return bytearray(fh.read())  # writable, as torch.frombuffer wants
 
 
 def _collate(items):
@@ -152,10 +179,29 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # decoding workers must not compete with the model for cores
 
 
-def default_workers(n_files: int, batch_size: int) -> int:
+def default_workers(n_files: int, batch_size: int, device: torch.device | None = None) -> int:
     if n_files <= batch_size:
         return 0  # starting worker processes costs more than it saves
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    # A GPU's model waits on the workers (reading, hashing, decoding what nvJPEG cannot), so
+    # it gets every core but one; on a CPU the workers share the cores with the model.
+    most = 16 if device is not None and device.type == "cuda" else 8
+    return max(1, min(most, (os.cpu_count() or 2) - 1))
+
+
+CPU_BATCH = 16  # off CUDA: the default from before batch sizes were chosen
+MAX_GPU_BATCH = 256
+GPU_BYTES_PER_IMAGE = 64 << 20  # a 12-megapixel decode (36 MB) and VGG16's activations, with room
+
+
+def resolve_batch_size(batch_size: int | None, device: torch.device) -> int:
+    """The images per forward pass: the configured number, or (auto) 16 off CUDA and on a
+    CUDA GPU as many as half its free memory holds, between 16 and 256."""
+    if batch_size is not None:
+        return batch_size
+    if device.type != "cuda":
+        return CPU_BATCH
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(CPU_BATCH, min(MAX_GPU_BATCH, free // 2 // GPU_BYTES_PER_IMAGE)))
 
 
 def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int = 0,
@@ -185,6 +231,9 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
     dim = backbones.feature_dim(weights)
     cluster = None
     if cfg.executor == "ray":  # the only place the local path and Ray meet; Ray is imported only here
+        if cfg.jpeg_decoder == "device":
+            raise UserError("--jpeg-decoder device: Ray's embedders decode with Pillow; use --jpeg-decoder auto or "
+                            "pillow with --executor ray")
         from . import ray_executor
 
         cluster = ray_executor.connect(cfg, root, files, log)
@@ -192,7 +241,7 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
     else:
         device = resolve_device(cfg.device, prefer_mps=True)
         half = autocast_dtype(cfg.precision, device, log)
-        embed = embed_files
+        embed = partial(embed_files, log=log)
     try:
         return _extract(root, out_dir, cfg, scan, files, weights, dim, device, half, embed, started, log, on_batch,
                         progress)
@@ -202,7 +251,9 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
 
 
 def _extract(root, out_dir, cfg, scan, files, weights, dim, device, half, embed, started, log, on_batch, progress):
-    key = cache_key(weights, cfg.resize, precision_name(half))
+    cfg = replace(cfg, jpeg_decoder=resolve_jpeg_decoder(cfg, device, log))
+    jpeg_on = device if cfg.jpeg_decoder == "device" else None
+    key = cache_key(weights, cfg.resize, precision_name(half), jpeg_on)
     activate_key(out_dir, key)
     report = ExtractReport(weights_id=weights.id, device=str(device), cache_key_id=key_id(key))
 
@@ -263,6 +314,21 @@ def _extract(root, out_dir, cfg, scan, files, weights, dim, device, half, embed,
     return report
 
 
+def resolve_jpeg_decoder(cfg: ExtractConfig, device, log: Callable[[str], None]) -> str:
+    """pillow or device: what decodes this run's JPEGs (auto: the device on CUDA, when this
+    torchvision can decode there; Ray's embedders always use Pillow)."""
+    if cfg.executor != "local" or not jpeg_device.uses_device_decoder(cfg.jpeg_decoder, device):
+        return "pillow"
+    why_not = jpeg_device.works_on(device)
+    if not why_not:
+        return "device"
+    if cfg.jpeg_decoder == "device":
+        raise UserError(f"--jpeg-decoder device: torchvision cannot decode JPEGs on {device} here ({why_not}); "
+                        "use --jpeg-decoder pillow")
+    log(f"JPEGs are decoded with Pillow: torchvision cannot decode them on {device} here ({why_not})")
+    return "pillow"
+
+
 def _unreadable_hint(unreadable: list[tuple[str, str]]) -> str:
     # With no manifest written, the error itself must say what could not be read.
     if not unreadable:
@@ -288,7 +354,7 @@ def _committed_cache(out_dir: Path, log: Callable[[str], None], dim: int) -> tup
 
 
 def embed_files(todo, weights: Weights, cfg: ExtractConfig, device: torch.device, half, progress,
-                desc: str = "extract"):
+                desc: str = "extract", log: Callable[[str], None] = print):
     """Yield (entries, rows) per batch, in input order; `todo` holds (path, rel, size, mtime_ns).
 
     `extract` and `assign` both embed through it, so a new photo is embedded exactly as the
@@ -297,27 +363,73 @@ def embed_files(todo, weights: Weights, cfg: ExtractConfig, device: torch.device
     model = backbones.build(weights).to(device).to(memory_format=torch.channels_last)
     dim = backbones.feature_dim(weights)
     pre = weights.preprocess
-    dataset = PhotoDataset([p for p, _, _, _ in todo], pre, cfg.resize)
-    workers = cfg.workers if cfg.workers is not None else default_workers(len(todo), cfg.batch_size)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
+    dataset = PhotoDataset([p for p, _, _, _ in todo], pre, cfg.resize,
+                           device_jpeg=jpeg_device.uses_device_decoder(cfg.jpeg_decoder, device))
+    batch_size = resolve_batch_size(cfg.batch_size, device)
+    workers = cfg.workers if cfg.workers is not None else default_workers(len(todo), batch_size, device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=_collate, worker_init_fn=_worker_init if workers else None,
                         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+    forward = _Forward(model, half, log)
     # progress=None lets tqdm decide: a bar on a terminal, silence in a log file.
     bar_off = None if progress is None else not progress
     with tqdm(total=len(todo), unit="img", desc=desc, disable=bar_off, dynamic_ncols=True) as bar, \
             torch.inference_mode():
         for items in loader:
+            pixels, reasons = _batch_pixels(items, dataset, device)
             rows = np.full((len(items), dim), np.nan, dtype=np.float32)
-            good = [j for j, (_, pixels, _, _) in enumerate(items) if pixels is not None]
+            good = [j for j, px in enumerate(pixels) if px is not None]
             if good:
-                batch = torch.stack([items[j][1] for j in good]).to(device, non_blocking=True)
-                rows[good] = embed_batch(model, pre.normalize(batch), half)
+                batch = torch.stack([pixels[j].to(device, non_blocking=True) for j in good])
+                rows[good] = forward(pre.normalize(batch))
             entries = []
-            for j, (index, pixels, sha1, reason) in enumerate(items):
+            for j, (index, _, sha1, _) in enumerate(items):
                 _, rel, size, mtime_ns = todo[index]
-                entries.append(Entry(rel, size, mtime_ns, sha1, OK if pixels is not None else UNREADABLE, reason))
+                entries.append(Entry(rel, size, mtime_ns, sha1, OK if pixels[j] is not None else UNREADABLE,
+                                     reasons[j]))
             bar.update(len(items))
             yield entries, rows
+
+
+def _batch_pixels(items, dataset: PhotoDataset, device: torch.device) -> tuple[list, list[str]]:
+    """Each item's uint8 (3, crop, crop) network pixels (None: unreadable) and its reason.
+    Workers decoded the Pillow path's files; JPEGs they handed over are decoded here, on
+    `device`, all at once; one the device decoder refuses goes through Pillow after all."""
+    pixels = [payload if isinstance(payload, torch.Tensor) else None for _, payload, _, _ in items]
+    reasons = [reason for _, _, _, reason in items]
+    encoded = [j for j, (_, payload, _, _) in enumerate(items) if isinstance(payload, jpeg_device.EncodedJPEG)]
+    if encoded:
+        decoded = jpeg_device.decode([items[j][1] for j in encoded], device)
+        done = [(j, im) for j, im in zip(encoded, decoded) if im is not None]
+        for (j, _), px in zip(done, jpeg_device.network_pixels([im for _, im in done], dataset.pre, dataset.resize)):
+            pixels[j] = px
+        for j, im in zip(encoded, decoded):
+            if im is None:
+                pixels[j], reasons[j] = dataset.pillow_pixels(dataset.paths[items[j][0]])
+    return pixels, reasons
+
+
+class _Forward:
+    """embed_batch in chunks that fit the device: a chunk that runs out of GPU memory is
+    halved (and stays halved for the rest of the run) instead of failing the run."""
+
+    def __init__(self, model: torch.nn.Module, half: torch.dtype | None, log: Callable[[str], None]):
+        self.model, self.half, self.log = model, half, log
+        self.chunk: int | None = None  # None: the whole batch at once
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        while True:
+            chunk = self.chunk or len(x)
+            try:
+                return np.concatenate([embed_batch(self.model, x[s:s + chunk], self.half)
+                                       for s in range(0, len(x), chunk)])
+            except torch.OutOfMemoryError:
+                if chunk == 1:
+                    raise
+                self.chunk = chunk // 2
+                if x.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.log(f"out of device memory at {chunk} images per forward pass; going on with {self.chunk}")
 
 
 def embed_batch(model: torch.nn.Module, x: torch.Tensor, half: torch.dtype | None) -> np.ndarray:

@@ -264,7 +264,7 @@ def thumbnail(path: Path, size: int) -> Image.Image:
 
 def _decode(im: Image.Image, min_size: tuple[int, int] | None) -> Image.Image:
     _check_pixel_limit(im.size)
-    orientation = _orientation(im)
+    orientation = exif_orientation(im)
     if min_size is not None and min(min_size) > 0:
         # draft sees the stored (unrotated) frame, so ask for the rotated request.
         w, h = min_size
@@ -278,13 +278,18 @@ def _decode(im: Image.Image, min_size: tuple[int, int] | None) -> Image.Image:
 
 def _check_pixel_limit(size: tuple[int, int]) -> None:
     # Explicit check too, in case a warnings filter elsewhere let the warning through.
+    if not within_pixel_limit(size):
+        raise UnreadableImage(_too_large(size[0] * size[1]))
+
+
+def within_pixel_limit(size: tuple[int, int]) -> bool:
+    """Whether an image of `size` is within Pillow's decompression-bomb limit (MAX_IMAGE_PIXELS)."""
     limit = Image.MAX_IMAGE_PIXELS
-    pixels = size[0] * size[1]
-    if limit is not None and pixels > limit:
-        raise UnreadableImage(_too_large(pixels))
+    return limit is None or size[0] * size[1] <= limit
 
 
-def _orientation(im: Image.Image) -> int:
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1-8) of an opened image; 1 when absent or unreadable."""
     try:
         return int(im.getexif().get(_EXIF_ORIENTATION, 1))
     except Exception:  # corrupt EXIF must not make good pixels unreadable

@@ -48,7 +48,7 @@ from tqdm import tqdm
 from . import backbones
 from .cache import OK, UNREADABLE, Entry
 from .errors import UserError
-from .extract import PhotoDataset, autocast_dtype, embed_batch, precision_name
+from .extract import CPU_BATCH, PhotoDataset, autocast_dtype, embed_batch, precision_name
 
 INSTALL = "pip install 'photoclust[ray]' on this machine and every node (`make install` does it here)"
 IN_FLIGHT = 2  # batches queued per actor: one computing, one waiting, so no actor idles between batches
@@ -227,7 +227,8 @@ class RayCluster:
         global last_stats
         ray = self.ray
         stats = last_stats
-        batches = [todo[i:i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
+        size = cfg.batch_size or CPU_BATCH  # auto: the CPU's batch; a GPU embedder's memory is not known here
+        batches = [todo[i:i + size] for i in range(0, len(todo), size)]
         n = min(self.capacity, len(batches))
         stats.actors = n
         # once; every actor, and a restarted one, loads it from the object store (held until close())

@@ -118,7 +118,7 @@ def test_a_bad_flag_is_blamed_on_the_flag_not_the_file(tmp_path, capsys, args, n
 
 
 @pytest.mark.parametrize("args, names", [
-    (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be an integer >= 1 or \"auto\", got 0"),
     (["--workers", "many"], "--workers must be an integer >= 0 or \"auto\", got many"),
 ])
 def test_a_bad_extract_flag_is_blamed_on_the_flag(tmp_path, capsys, args, names):

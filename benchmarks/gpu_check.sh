@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Everything that needs a CUDA GPU, in one short run (sized for a few minutes on an H100):
+#   1. the CUDA tests (nvJPEG decoding, extraction on the GPU, the engine on CUDA tensors);
+#   2. bench_extract.py on the GPU: the sample and 2,048 large JPEGs, nvJPEG against Pillow
+#      in the workers, nvJPEG's decode alone; random VGG16 weights (the speed is the same as
+#      with the real ones, which a bare GPU machine does not have);
+#   3. the whole test suite with the GPU visible, for what is left of the time limit.
+# Usage, from the repository root, with a Python whose torch and torchvision see the GPU:
+#   [PY=python3] bash benchmarks/gpu_check.sh [FOLDER]   (FOLDER gets the logs and the JSON)
+set -uo pipefail
+PY=${PY:-python3}
+out=${1:-outputs/bench}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PHOTOCLUST_OFFLINE=1
+
+"$PY" - <<'EOF' 2>&1 | tee "$out/gpu_machine.txt"
+import os, torch, torchvision
+assert torch.cuda.is_available(), "no CUDA GPU visible to torch"
+free, total = torch.cuda.mem_get_info()
+print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.cuda.get_device_name(0)}, "
+      f"{total / 2**30:.0f} GiB ({free / 2**30:.0f} free), bf16 {torch.cuda.is_bf16_supported()}, "
+      f"{os.cpu_count()} CPU cores")
+EOF
+[ "${PIPESTATUS[0]}" = 0 ] || exit 1
+
+echo "== CUDA tests"
+"$PY" -m pytest -q -rs -p no:cacheprovider tests/test_jpeg_device.py tests/test_estimator.py 2>&1 \
+    | tee "$out/gpu_tests.log"
+
+echo "== bench_extract on the GPU"
+timeout 300 "$PY" benchmarks/bench_extract.py --models vgg16 --weights random 2>&1 | tee "$out/gpu_bench.log"
+cp outputs/bench/extract.json "$out/extract_gpu.json" 2>/dev/null
+
+echo "== the whole suite with the GPU visible (stops at the first failure)"
+timeout "${SUITE_SECONDS:-150}" "$PY" -m pytest -x -q -p no:cacheprovider tests 2>&1 | tail -40 \
+    | tee "$out/gpu_suite.log"

@@ -1,0 +1,155 @@
+"""JPEG decoding on the model's device (nvJPEG on a CUDA GPU) for extraction.
+
+On a GPU, decoding 12-megapixel JPEGs on the CPU is what keeps the model waiting. With the
+device decoder, a DataLoader worker only reads a file, hashes it and checks (from its
+header) that the device decoder can take it; the main process then decodes the whole batch
+in one `torchvision.io.decode_jpeg(..., device=...)` call, turns each image upright per its
+EXIF orientation and resizes it there. Everything else (PNG, TIFF, CMYK JPEGs, a file over
+the decompression-bomb limit, a JPEG the device decoder rejects) goes through Pillow exactly
+as on the CPU path, so what is unreadable and why stays the same.
+
+The same code runs on the CPU (`--jpeg-decoder device --device cpu`), which is how the
+tests check it on machines without a GPU; there it decodes at full size and is slower than
+Pillow's reduced-size decoding.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode
+from torchvision.transforms.v2 import functional as TF
+
+from .images import exif_orientation, within_pixel_limit
+from .weights import Preprocess
+
+DECODERS = ("auto", "pillow", "device")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+RESIZE_PIXELS = 1 << 28  # pixels resized in one call: bounds the float32 copy the resize needs
+
+
+@dataclass
+class EncodedJPEG:
+    """A JPEG's bytes (a CPU uint8 tensor, pinned by the DataLoader on CUDA) and its EXIF
+    orientation, as a worker hands it to the main process."""
+
+    data: torch.Tensor
+    orientation: int
+
+    def pin_memory(self) -> "EncodedJPEG":
+        """The DataLoader's pin-memory thread calls this (on CUDA): page-locked bytes copy to the GPU faster."""
+        return EncodedJPEG(self.data.pin_memory(), self.orientation)
+
+
+def uses_device_decoder(decoder: str, device: torch.device) -> bool:
+    """auto: on a CUDA GPU; device: wherever the model runs; pillow: never."""
+    return decoder == "device" or (decoder == "auto" and device.type == "cuda")
+
+
+def works_on(device: torch.device) -> str:
+    """"" when this torchvision decodes JPEGs on `device`, else why not (a build without
+    nvJPEG, say), so a run can fall back to Pillow in the workers once, not per batch."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 40, 40)).save(buf, "JPEG")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            [image] = _decode_jpeg([torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)], device)
+        return "" if tuple(image.shape) == (3, 16, 16) else f"decoded a 16x16 test JPEG to {tuple(image.shape)}"
+    except Exception as exc:  # any failure here means: not on this device
+        return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
+def probe(data: bytes) -> int | None:
+    """The EXIF orientation (1-8) of a JPEG the device decoder can take, else None (the
+    Pillow path then decodes the file, or says why it cannot)."""
+    if not data.startswith(_JPEG_MAGIC):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                # Only 3-channel YCbCr and greyscale: nvJPEG has no CMYK/YCCK conversion.
+                if im.format != "JPEG" or im.mode not in ("RGB", "L") or not within_pixel_limit(im.size):
+                    return None
+                return exif_orientation(im)
+    except Exception:  # anything odd: Pillow's path gives the reason
+        return None
+
+
+def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """A (C, H, W) image turned as `PIL.ImageOps.exif_transpose` turns a stored frame."""
+    if orientation == 2:
+        return image.flip(-1)
+    if orientation == 3:
+        return image.flip(-2, -1)
+    if orientation == 4:
+        return image.flip(-2)
+    if orientation == 5:
+        return image.transpose(-2, -1)
+    if orientation == 6:
+        return image.rot90(-1, (-2, -1))
+    if orientation == 7:
+        return image.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:
+        return image.rot90(1, (-2, -1))
+    return image
+
+
+def network_pixels(images: list[torch.Tensor], pre: Preprocess, resize: str) -> list[torch.Tensor]:
+    """Upright uint8 (3, H, W) images -> uint8 (3, crop, crop) in the weights' geometry, as
+    `extract.to_network_pixels` does with Pillow; images of one size are resized together."""
+    out: list[torch.Tensor | None] = [None] * len(images)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        by_size.setdefault(tuple(im.shape[-2:]), []).append(i)
+    for (h, w), same in by_size.items():
+        step = max(1, RESIZE_PIXELS // (h * w))  # 21 12-megapixel photos at a time: 3 GB of float32
+        for start in range(0, len(same), step):
+            indices = same[start:start + step]
+            # float for the antialiased resize on every device, rounded back to uint8 like Pillow's output
+            x = torch.stack([images[i] for i in indices]).float()
+            if resize == "squash":
+                x = TF.resize(x, [pre.crop, pre.crop], antialias=True)
+            else:
+                x = TF.center_crop(TF.resize(x, [pre.resize], antialias=True), [pre.crop, pre.crop])
+            pixels = x.round_().clamp_(0, 255).to(torch.uint8)
+            for j, i in enumerate(indices):
+                out[i] = pixels[j]
+    return out  # type: ignore[return-value]
+
+
+def decode(encoded: list[EncodedJPEG], device: torch.device) -> list[torch.Tensor | None]:
+    """Decode a batch on `device`: uint8 (3, H, W), upright; None where the decoder refused
+    the file (the caller decodes those with Pillow). One call for the batch; when it fails,
+    one call per image, so one bad file costs only itself."""
+    if not encoded:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision 0.29 marks its image decoders deprecated
+        try:
+            images: list[torch.Tensor | None] = list(_decode_jpeg([e.data for e in encoded], device))
+        except RuntimeError:
+            images = []
+            for e in encoded:
+                try:
+                    images.append(_decode_jpeg([e.data], device)[0])
+                except RuntimeError:
+                    images.append(None)
+    return [None if im is None else upright(im, e.orientation) for im, e in zip(images, encoded)]
+
+
+def _decode_jpeg(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    from torchvision.io import decode_jpeg
+
+    return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
+def describe(device: torch.device) -> str:
+    """What decoded the JPEGs, as the cache key records it."""
+    backend = " (nvJPEG)" if device.type == "cuda" else ""
+    return f"JPEG: torchvision.io.decode_jpeg on {device.type}{backend}, full size; other formats: Pillow"
