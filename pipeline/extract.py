@@ -171,8 +171,20 @@ def _read_all(path: Path) -> bytearray:
         return bytearray(fh.read())  # writable, as torch.frombuffer wants
 
 
-def _collate(items):
-    return items  # a list of (index, pixels|None, sha1, reason); stacked in the main process
+def _collate(item):
+    return item  # (index, pixels | EncodedJPEG | None, sha1, reason), as the worker made it
+
+
+def _batches(items, size: int):
+    """Consecutive lists of `size` items (the last one shorter)."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _worker_init(_: int) -> None:
@@ -367,15 +379,18 @@ def embed_files(todo, weights: Weights, cfg: ExtractConfig, device: torch.device
                            device_jpeg=jpeg_device.uses_device_decoder(cfg.jpeg_decoder, device))
     batch_size = resolve_batch_size(cfg.batch_size, device)
     workers = cfg.workers if cfg.workers is not None else default_workers(len(todo), batch_size, device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+    # One photo per worker task, batched here: a worker never holds a whole batch (256 JPEGs of
+    # 4 MB on a GPU), and about two batches are in flight across the workers.
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                         collate_fn=_collate, worker_init_fn=_worker_init if workers else None,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+                        pin_memory=device.type == "cuda",
+                        prefetch_factor=max(4, -(-2 * batch_size // workers)) if workers else None)
     forward = _Forward(model, half, log)
     # progress=None lets tqdm decide: a bar on a terminal, silence in a log file.
     bar_off = None if progress is None else not progress
     with tqdm(total=len(todo), unit="img", desc=desc, disable=bar_off, dynamic_ncols=True) as bar, \
             torch.inference_mode():
-        for items in loader:
+        for items in _batches(loader, batch_size):
             pixels, reasons = _batch_pixels(items, dataset, device)
             rows = np.full((len(items), dim), np.nan, dtype=np.float32)
             good = [j for j, px in enumerate(pixels) if px is not None]
