@@ -5,7 +5,8 @@ default), side by side in one run on one machine (compare ratios, not runs):
   to the bare model forward on the same batch size, and a rerun that finds nothing new;
 - large JPEGs (12-megapixel, 4000 x 3000, textured like real photos; made by the
   benchmark in a temporary folder from sample photos): end to end against the bare
-  forward, and where one image's time goes (decode, resize, forward, commit);
+  forward, and where one image's time goes (decode, resize, forward, writing: the journal
+  and the committed cache);
 - bf16 against fp32: per-image cosine of the embeddings and, per loss, the agreement
   (ARI) of the clusterings of the sample under the two precisions;
 - the two JPEG decoders (Pillow in the workers, and torchvision's on the model's device),
@@ -179,8 +180,26 @@ def time_split(paths: list[Path], model, weights, device, half, resize: str, bat
         _sync(device)
     t3 = time.perf_counter()
     n = len(paths)
+    write_s = time_writing(paths, backbones.feature_dim(weights), batch_size)
     return {"decode_ms": round(1000 * (t1 - t0) / n, 1), "resize_ms": round(1000 * (t2 - t1) / n, 1),
-            "forward_ms": round(1000 * (t3 - t2) / n, 1)}
+            "forward_ms": round(1000 * (t3 - t2) / n, 1), "write_ms": round(1000 * write_s / n, 2)}
+
+
+def time_writing(paths: list[Path], dim: int, batch_size: int) -> float:
+    """Seconds to journal these images' rows one batch at a time, as extraction does (each
+    batch fsynced), and to commit them as the cache, in a temporary output folder."""
+    from pipeline.cache import OK, Entry, Journal, write_cache
+
+    entries = [Entry(p.name, p.stat().st_size, p.stat().st_mtime_ns, "0" * 40, OK, "") for p in paths]
+    rows = np.random.default_rng(0).standard_normal((len(paths), dim)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        journal = Journal(Path(out))
+        for i in range(0, len(entries), batch_size):
+            journal.append(entries[i:i + batch_size], rows[i:i + batch_size])
+        write_cache(Path(out), entries, rows)
+        journal.clear()
+        return time.perf_counter() - started
 
 
 def agreement(fp32: np.ndarray, bf16: np.ndarray, k: int = 4, name: str = "ari_fp32_vs_bf16") -> dict:
