@@ -94,6 +94,19 @@ def end_to_end(photos: Path, out: Path, cfg) -> dict:
             "no_change_rerun_seconds": round(time.perf_counter() - started, 3)}
 
 
+def by_workers(photos: Path, out: Path, cfg, rounds: int = 2) -> dict:
+    """Images per second end to end with one worker fewer than the cores, as many as the
+    cores (the default) and one more; alternated `rounds` times, since the load changes."""
+    cores = os.cpu_count() or 2
+    counts = sorted({max(1, cores - 1), cores, cores + 1})
+    rates: dict[str, list[float]] = {str(n): [] for n in counts}
+    for r in range(rounds):
+        for n in counts:
+            rates[str(n)].append(timed_extract(photos, out.with_name(f"{out.name}-{n}-{r}"),
+                                               replace(cfg, workers=n))["images_per_s"])
+    return {"cores": cores, "images_per_s": rates}
+
+
 def bare_forward(model, weights, device, half, batch_size: int, n: int, repeats: int = 3) -> float:
     """Images per second of the model alone: random pixels, same batch size and normalisation;
     the best of `repeats` rounds of n images (on a shared machine the others' load only slows)."""
@@ -290,6 +303,9 @@ def main() -> None:
             case["mean_file_mb"] = round(np.mean([p.stat().st_size for p in large.iterdir()]) / 1e6, 2)
             case["split_one_process"] = time_split(sorted(large.iterdir())[:16], model, weights, device, half,
                                                    cfg.resize, batch)
+            if device.type == "cpu":  # the split between decoding workers and the model
+                case["by_workers"] = by_workers(large, Path(tmp) / f"large-workers-{name}", replace(cfg, precision="auto"))
+                print(f"{name}, large JPEGs by decoding workers: {case['by_workers']}", flush=True)
             # the device decoder alone (nvJPEG on CUDA; on a CPU the same code, for comparison)
             case["device_decoder_alone"] = time_device_decode(
                 sorted(large.iterdir())[:2 * batch if device.type == "cuda" else 8], device, batch)

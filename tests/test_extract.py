@@ -193,3 +193,14 @@ def test_cli_extract_prints_the_summary(tmp_path, capsys):
     assert code == 0
     assert "2 embedded, 0 unreadable (see manifest.csv)" in captured.out
     assert "not be semantic" in captured.err  # the random-weights warning is loud
+
+
+def test_default_workers_one_per_core_on_a_cpu_one_fewer_on_a_gpu(monkeypatch):
+    from pipeline.extract import default_workers
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for cores, on_cpu, on_gpu in ((1, 1, 1), (2, 2, 1), (4, 4, 3), (12, 8, 11), (64, 8, 16)):
+        monkeypatch.setattr("os.cpu_count", lambda: cores)
+        assert default_workers(100, 16, cpu) == on_cpu, cores
+        assert default_workers(100, 16, cuda) == on_gpu, cores
+        assert default_workers(16, 16, cpu) == 0  # one batch: no worker processes to start
