@@ -2,8 +2,10 @@
 # Everything that needs a CUDA GPU, in one short run (sized for a few minutes on an H100):
 #   1. the CUDA tests (nvJPEG decoding, extraction on the GPU, the engine on CUDA tensors);
 #   2. bench_extract.py on the GPU: the sample and 2,048 large JPEGs, nvJPEG against Pillow
-#      in the workers, nvJPEG's decode alone; random VGG16 weights (the speed is the same as
-#      with the real ones, which a bare GPU machine does not have);
+#      in the workers, nvJPEG's decode alone; with the Oxford VGG16 weights when
+#      $PHOTOCLUST_CACHE holds vgg16_oxford_features.pt (the file `extract --weights oxford`
+#      converts into ~/.cache/photoclust: copy it there), else random weights (the same
+#      speed; only the agreement figures need the real ones);
 #   3. the whole test suite with the GPU visible, for what is left of the time limit.
 # Usage, from the repository root, with a Python whose torch and torchvision see the GPU:
 #   [PY=python3] bash benchmarks/gpu_check.sh [FOLDER]   (FOLDER gets the logs and the JSON)
@@ -14,7 +16,9 @@ out=${1:-outputs/bench}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PHOTOCLUST_OFFLINE=1
 dry=${DRY_RUN:-}
-bench_args=(--models vgg16 --weights random)
+weights=random
+[ -f "${PHOTOCLUST_CACHE:-$HOME/.cache/photoclust}/vgg16_oxford_features.pt" ] && weights=oxford
+bench_args=(--models vgg16 --weights "$weights")
 [ -n "$dry" ] && bench_args+=(--large 8 --device cpu)
 
 "$PY" - <<'EOF' 2>&1 | tee "$out/gpu_machine.txt"
