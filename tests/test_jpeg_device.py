@@ -146,8 +146,9 @@ def test_extract_with_the_device_decoder_reads_a_folder_as_pillow_does(tmp_path)
     _mixed_folder(photos)
     pillow, device = tmp_path / "pillow", tmp_path / "device"
     extract_folder(photos, pillow, ExtractConfig(jpeg_decoder="pillow", **FAST), log=lambda m: None, progress=False)
-    report = extract_folder(photos, device, ExtractConfig(jpeg_decoder="device", **FAST), log=lambda m: None,
-                            progress=False)
+    # two worker processes: the bytes cross from the workers to the main process as tensors
+    report = extract_folder(photos, device, ExtractConfig(jpeg_decoder="device", **dict(FAST, workers=2)),
+                            log=lambda m: None, progress=False)
     assert report.embedded == 7 and report.unreadable == 2
     a, b = (pd.read_csv(out / "manifest.csv", keep_default_na=False) for out in (pillow, device))
     pd.testing.assert_frame_equal(a, b)
