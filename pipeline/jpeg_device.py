@@ -27,7 +27,6 @@ from torchvision.transforms.v2 import functional as TF
 from .images import exif_orientation, within_pixel_limit
 from .weights import Preprocess
 
-DECODERS = ("auto", "pillow", "device")
 _JPEG_MAGIC = b"\xff\xd8\xff"
 RESIZE_PIXELS = 1 << 28  # pixels resized in one call: bounds the float32 copy the resize needs
 
@@ -51,7 +50,7 @@ def uses_device_decoder(decoder: str, device: torch.device) -> bool:
 
 
 def works_on(device: torch.device) -> str:
-    """"" when this torchvision decodes JPEGs on `device`, else why not (a build without
+    """An empty string when this torchvision decodes JPEGs on `device`, else why not (a build without
     nvJPEG, say), so a run can fall back to Pillow in the workers once, not per batch."""
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), (200, 40, 40)).save(buf, "JPEG")
