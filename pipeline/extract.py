@@ -147,9 +147,9 @@ class PhotoDataset(Dataset):
             except OSError as exc:
                 return index, None, "", f"cannot read: {exc.strerror or exc}"
             sha1 = hashlib.sha1(data).hexdigest()
-            orientation = jpeg_device.probe(data)
-            if orientation is not None:
-                return index, jpeg_device.EncodedJPEG(torch.frombuffer(data, dtype=torch.uint8), orientation), sha1, ""
+            header = jpeg_device.probe(data)
+            if header is not None:
+                return index, jpeg_device.EncodedJPEG(torch.frombuffer(data, dtype=torch.uint8), header), sha1, ""
         else:
             try:
                 sha1 = file_digest(path, "sha1")
@@ -208,7 +208,7 @@ def default_workers(n_files: int, batch_size: int, device: torch.device | None =
 
 CPU_BATCH = 16  # off CUDA: the default from before batch sizes were chosen
 MAX_GPU_BATCH = 256
-GPU_BYTES_PER_IMAGE = 64 << 20  # a 12-megapixel decode (36 MB) and VGG16's activations, with room
+GPU_BYTES_PER_IMAGE = 64 << 20  # VGG16's activations and the image's share of decoding, with room
 
 
 def resolve_batch_size(batch_size: int | None, device: torch.device) -> int:
@@ -419,14 +419,12 @@ def _batch_pixels(items, dataset: PhotoDataset, device: torch.device) -> tuple[l
     pixels = [payload if isinstance(payload, torch.Tensor) else None for _, payload, _, _ in items]
     reasons = [reason for _, _, _, reason in items]
     encoded = [j for j, (_, payload, _, _) in enumerate(items) if isinstance(payload, jpeg_device.EncodedJPEG)]
-    if encoded:
-        decoded = jpeg_device.decode([items[j][1] for j in encoded], device)
-        done = [(j, im) for j, im in zip(encoded, decoded) if im is not None]
-        for (j, _), px in zip(done, jpeg_device.network_pixels([im for _, im in done], dataset.pre, dataset.resize)):
+    decoded = jpeg_device.network_pixels_of([items[j][1] for j in encoded], device, dataset.pre, dataset.resize)
+    for j, px in zip(encoded, decoded):
+        if px is None:
+            pixels[j], reasons[j] = dataset.pillow_pixels(dataset.paths[items[j][0]])
+        else:
             pixels[j] = px
-        for j, im in zip(encoded, decoded):
-            if im is None:
-                pixels[j], reasons[j] = dataset.pillow_pixels(dataset.paths[items[j][0]])
     return pixels, reasons
 
 

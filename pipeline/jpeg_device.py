@@ -29,19 +29,32 @@ from .weights import Preprocess
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 RESIZE_PIXELS = 1 << 28  # pixels resized in one call: bounds the float32 copy the resize needs
+DECODE_PIXELS = 1 << 30  # pixels decoded at full size at once: 3 GB of RGB, about 90 12-MP photos
+
+
+@dataclass(frozen=True)
+class JPEGHeader:
+    """What a JPEG's header says that decoding on the device needs."""
+
+    orientation: int  # EXIF orientation, 1-8
+    pixels: int  # width x height: what decoding it at full size costs in memory
 
 
 @dataclass
 class EncodedJPEG:
-    """A JPEG's bytes (a CPU uint8 tensor, pinned by the DataLoader on CUDA) and its EXIF
-    orientation, as a worker hands it to the main process."""
+    """A JPEG's bytes (a CPU uint8 tensor, pinned by the DataLoader on CUDA) and its header,
+    as a worker hands it to the main process."""
 
     data: torch.Tensor
-    orientation: int
+    header: JPEGHeader
+
+    @property
+    def orientation(self) -> int:
+        return self.header.orientation
 
     def pin_memory(self) -> "EncodedJPEG":
         """The DataLoader's pin-memory thread calls this (on CUDA): page-locked bytes copy to the GPU faster."""
-        return EncodedJPEG(self.data.pin_memory(), self.orientation)
+        return EncodedJPEG(self.data.pin_memory(), self.header)
 
 
 def uses_device_decoder(decoder: str, device: torch.device) -> bool:
@@ -63,9 +76,9 @@ def works_on(device: torch.device) -> str:
         return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
-def probe(data: bytes) -> int | None:
-    """The EXIF orientation (1-8) of a JPEG the device decoder can take, else None (the
-    Pillow path then decodes the file, or says why it cannot)."""
+def probe(data: bytes) -> JPEGHeader | None:
+    """The header of a JPEG the device decoder can take, else None (the Pillow path then
+    decodes the file, or says why it cannot)."""
     if not data.startswith(_JPEG_MAGIC):
         return None
     try:
@@ -75,7 +88,7 @@ def probe(data: bytes) -> int | None:
                 # Only 3-channel YCbCr and greyscale: nvJPEG has no CMYK/YCCK conversion.
                 if im.format != "JPEG" or im.mode not in ("RGB", "L") or not within_pixel_limit(im.size):
                     return None
-                return exif_orientation(im)
+                return JPEGHeader(exif_orientation(im), im.size[0] * im.size[1])
     except Exception:  # anything odd: Pillow's path gives the reason
         return None
 
@@ -120,6 +133,33 @@ def network_pixels(images: list[torch.Tensor], pre: Preprocess, resize: str) -> 
             for j, i in enumerate(indices):
                 out[i] = pixels[j]
     return out  # type: ignore[return-value]
+
+
+def network_pixels_of(encoded: list[EncodedJPEG], device: torch.device, pre: Preprocess,
+                      resize: str) -> list[torch.Tensor | None]:
+    """Each JPEG decoded on `device` and brought to the weights' geometry: uint8 (3, crop,
+    crop), or None where the decoder refused it. Decoded a few hundred megapixels at a
+    time, each part resized before the next is decoded, so a batch of large photos never
+    holds more than DECODE_PIXELS of full-size images."""
+    out: list[torch.Tensor | None] = []
+    for part in _parts(encoded, DECODE_PIXELS):
+        decoded = decode(part, device)
+        resized = iter(network_pixels([im for im in decoded if im is not None], pre, resize))
+        out += [None if im is None else next(resized) for im in decoded]
+    return out
+
+
+def _parts(encoded: list[EncodedJPEG], budget: int) -> list[list[EncodedJPEG]]:
+    """Consecutive runs of `encoded` of at most `budget` pixels each (one image at least)."""
+    parts: list[list[EncodedJPEG]] = []
+    total = budget + 1
+    for e in encoded:
+        if total + e.header.pixels > budget:
+            parts.append([])
+            total = 0
+        parts[-1].append(e)
+        total += e.header.pixels
+    return parts
 
 
 def decode(encoded: list[EncodedJPEG], device: torch.device) -> list[torch.Tensor | None]:

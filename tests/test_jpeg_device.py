@@ -38,9 +38,9 @@ def _jpeg(pixels: np.ndarray, orientation: int = 1, mode: str = "RGB", **save) -
 
 
 def _encoded(data: bytes) -> J.EncodedJPEG:
-    orientation = J.probe(data)
-    assert orientation is not None
-    return J.EncodedJPEG(torch.frombuffer(bytearray(data), dtype=torch.uint8), orientation)
+    header = J.probe(data)
+    assert header is not None
+    return J.EncodedJPEG(torch.frombuffer(bytearray(data), dtype=torch.uint8), header)
 
 
 def _photo(h: int = 48, w: int = 80, seed: int = 0) -> np.ndarray:
@@ -75,10 +75,10 @@ def test_a_decoded_jpeg_matches_pillows_upright_decode(orientation):
 
 def test_probe_leaves_what_the_device_cannot_take_to_pillow(monkeypatch):
     photo = _photo()
-    assert J.probe(_jpeg(photo, 6)) == 6
-    assert J.probe(_jpeg(photo, mode="L")) == 1  # greyscale: nvJPEG decodes it to RGB
+    assert J.probe(_jpeg(photo, 6)) == J.JPEGHeader(6, 48 * 80)
+    assert J.probe(_jpeg(photo, mode="L")) == J.JPEGHeader(1, 48 * 80)  # greyscale: nvJPEG decodes it to RGB
     assert J.probe(_jpeg(photo, mode="CMYK")) is None
-    assert J.probe(_jpeg(photo, progressive=True)) == 1
+    assert J.probe(_jpeg(photo, progressive=True)) == J.JPEGHeader(1, 48 * 80)
     png = io.BytesIO()
     Image.fromarray(photo).save(png, "PNG")
     assert J.probe(png.getvalue()) is None
@@ -124,6 +124,25 @@ def test_many_large_images_of_one_size_are_resized_a_few_at_a_time(monkeypatch):
     parts = J.network_pixels(tensors, pre, "crop")
     assert calls == [2, 2, 1]
     assert all(torch.equal(a, b) for a, b in zip(whole, parts))
+
+
+def test_a_batch_of_large_photos_is_decoded_a_part_at_a_time(monkeypatch):
+    """Never more than DECODE_PIXELS decoded at once; the same pixels as one call, and a
+    refused file still costs only itself."""
+    pre = W.torchvision_preprocess()
+    data = [_jpeg(_photo(120, 160, seed=s)) for s in range(5)]
+    data[2] = data[2][: len(data[2]) // 2]  # truncated: refused
+    encoded = [_encoded(d) for d in data]
+    whole = J.network_pixels_of(encoded, CPU, pre, "crop")
+    calls = []
+    decode = J.decode
+    monkeypatch.setattr(J, "decode", lambda part, device: calls.append(len(part)) or decode(part, device))
+    monkeypatch.setattr(J, "DECODE_PIXELS", 2 * 120 * 160)
+    parts = J.network_pixels_of(encoded, CPU, pre, "crop")
+    assert calls == [2, 2, 1]
+    assert parts[2] is None and whole[2] is None
+    assert all(torch.equal(a, b) for i, (a, b) in enumerate(zip(whole, parts)) if i != 2)
+    assert [len(p) for p in J._parts(encoded, 1)] == [1] * 5  # a photo over the budget still goes alone
 
 
 def _mixed_folder(folder: Path) -> None:
