@@ -28,6 +28,7 @@ from .images import exif_orientation, within_pixel_limit
 from .weights import Preprocess
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_JPEG_END = b"\xff\xd9"
 RESIZE_PIXELS = 1 << 28  # pixels resized in one call: bounds the float32 copy the resize needs
 DECODE_PIXELS = 1 << 30  # pixels decoded at full size at once: 3 GB of RGB, about 90 12-MP photos
 
@@ -79,7 +80,9 @@ def works_on(device: torch.device) -> str:
 def probe(data: bytes) -> JPEGHeader | None:
     """The header of a JPEG the device decoder can take, else None (the Pillow path then
     decodes the file, or says why it cannot)."""
-    if not data.startswith(_JPEG_MAGIC):
+    # No end-of-image marker: cut short (or with data after the image); Pillow then says which,
+    # whatever nvJPEG would have made of the missing part.
+    if not data.startswith(_JPEG_MAGIC) or not bytes(data[-64:]).rstrip(b"\x00").endswith(_JPEG_END):
         return None
     try:
         with warnings.catch_warnings():
