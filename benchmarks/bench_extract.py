@@ -16,9 +16,9 @@ default), side by side in one run on one machine (compare ratios, not runs):
                                        [--weights auto] [--device auto] [--large N]
 writes outputs/bench/extract.json.
 
-On CUDA the large-JPEG case also runs with Pillow decoding in the workers
-(`--jpeg-decoder pillow`) beside the default nvJPEG decoding on the GPU, and times nvJPEG's
-batched decode alone; `--large` sets how many large JPEGs (48 distinct ones, then copies:
+On CUDA the large-JPEG case also runs with nvJPEG decoding on the GPU (`--jpeg-decoder
+device`) beside the default Pillow decoding in the workers, and times nvJPEG's batched
+decode alone; `--large` sets how many large JPEGs (48 distinct ones, then copies:
 the same bytes cost the same to decode).
 """
 
@@ -278,7 +278,7 @@ def main() -> None:
         # the other JPEG decoder on the sample (Pillow on CUDA, the device decoder elsewhere), same precision
         name = models[0]
         cfg, weights, model = loaded[name]
-        default = "device" if jpeg_device.uses_device_decoder(cfg.jpeg_decoder, device) else "pillow"
+        default = "device" if jpeg_device.uses_device_decoder(cfg.jpeg_decoder) else "pillow"
         other = "pillow" if default == "device" else "device"
         out = Path(tmp) / f"{name}-{other}"
         case = end_to_end(photos, out, replace(cfg, precision="auto", jpeg_decoder=other))
@@ -294,7 +294,7 @@ def main() -> None:
         for name in models:
             cfg, weights, model = loaded[name]
             case = end_to_end(large, Path(tmp) / f"large-out-{name}", replace(cfg, precision="auto"))
-            case["jpeg_decoder"] = "device" if jpeg_device.uses_device_decoder(cfg.jpeg_decoder, device) else "pillow"
+            case["jpeg_decoder"] = "device" if jpeg_device.uses_device_decoder(cfg.jpeg_decoder) else "pillow"
             case["bare_model_images_per_s"] = round(bare_forward(model, weights, device, half, batch,
                                                                  case["images"]), 2)
             case["ratio_end_to_end_to_model"] = round(case["images_per_s"] / case["bare_model_images_per_s"], 3)
@@ -308,11 +308,13 @@ def main() -> None:
             # the device decoder alone (nvJPEG on CUDA; on a CPU the same code, for comparison)
             case["device_decoder_alone"] = time_device_decode(
                 sorted(large.iterdir())[:2 * batch if device.type == "cuda" else 8], device, batch)
-            if device.type == "cuda":  # nvJPEG against decoding in the CPU workers
-                pillow = end_to_end(large, Path(tmp) / f"large-pillow-{name}",
-                                    replace(cfg, precision="auto", jpeg_decoder="pillow"))
-                case["pillow_decoding_in_workers"] = pillow
-                print(f"{name}, large JPEGs, Pillow in the workers: {pillow['images_per_s']} img/s end to end; "
+            if device.type == "cuda":  # nvJPEG against decoding in the CPU workers (the default)
+                other = "pillow" if case["jpeg_decoder"] == "device" else "device"
+                timing = end_to_end(large, Path(tmp) / f"large-{other}-{name}",
+                                    replace(cfg, precision="auto", jpeg_decoder=other))
+                case[f"jpeg_decoder_{other}"] = timing
+                print(f"{name}, large JPEGs, --jpeg-decoder {other}: {timing['images_per_s']} img/s end to end "
+                      f"({timing['images_per_s_after_first_batch']} after the first batch); "
                       f"nvJPEG alone: {case['device_decoder_alone']}", flush=True)
             result["models"][name]["large_jpegs"] = case
             print(f"{name}, large JPEGs: {case['images_per_s']} img/s end to end, bare model "

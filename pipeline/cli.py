@@ -69,8 +69,8 @@ def _add_extract_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=None,
                    help="auto (bf16 where the CPU or GPU computes it natively, else fp32) | fp32 | bf16")
     p.add_argument("--jpeg-decoder", default=None,
-                   help="auto (default: on the GPU with nvJPEG when the model runs on CUDA, else Pillow) | pillow | "
-                        "device (JPEGs decoded where the model runs)")
+                   help="auto (default: Pillow in the decoding workers) | pillow | device (JPEGs decoded where the "
+                        "model runs: nvJPEG on a CUDA GPU)")
     p.add_argument("--executor", default=None,
                    help="local (default): embed on this machine | ray: on a Ray cluster (pip install "
                         "'photoclust[ray]'; every node must see the photo folder at the same path)")

@@ -36,7 +36,7 @@ class ExtractConfig:
     workers: int | None = None  # None = auto
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16: bf16 where the device computes it natively
-    jpeg_decoder: str = "auto"  # auto | pillow | device: JPEGs decoded on the model's device (on CUDA, auto)
+    jpeg_decoder: str = "auto"  # auto (= pillow, for now) | pillow | device: JPEGs decoded where the model runs
     executor: str = "local"  # local | ray: embed on this machine or on a Ray cluster (ray_executor.py)
     ray_address: str = "auto"  # auto (RAY_ADDRESS or the cluster started on this machine) | HOST:PORT | local
     ray_actors: int | None = None  # None = auto: one embedder per GPU of the cluster, else one per CPU

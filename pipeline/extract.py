@@ -269,7 +269,7 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
 
 
 def _extract(root, out_dir, cfg, scan, files, weights, dim, device, half, embed, started, log, on_batch, progress):
-    cfg = replace(cfg, jpeg_decoder=resolve_jpeg_decoder(cfg, device, log))
+    cfg = replace(cfg, jpeg_decoder=resolve_jpeg_decoder(cfg, device))
     jpeg_on = device if cfg.jpeg_decoder == "device" else None
     key = cache_key(weights, cfg.resize, precision_name(half), jpeg_on)
     activate_key(out_dir, key)
@@ -332,19 +332,15 @@ def _extract(root, out_dir, cfg, scan, files, weights, dim, device, half, embed,
     return report
 
 
-def resolve_jpeg_decoder(cfg: ExtractConfig, device, log: Callable[[str], None]) -> str:
-    """pillow or device: what decodes this run's JPEGs (auto: the device on CUDA, when this
-    torchvision can decode there; Ray's embedders always use Pillow)."""
-    if cfg.executor != "local" or not jpeg_device.uses_device_decoder(cfg.jpeg_decoder, device):
+def resolve_jpeg_decoder(cfg: ExtractConfig, device) -> str:
+    """pillow or device: what decodes this run's JPEGs (auto: Pillow; see jpeg_device)."""
+    if cfg.executor != "local" or not jpeg_device.uses_device_decoder(cfg.jpeg_decoder):
         return "pillow"
     why_not = jpeg_device.works_on(device)
-    if not why_not:
-        return "device"
-    if cfg.jpeg_decoder == "device":
+    if why_not:
         raise UserError(f"--jpeg-decoder device: torchvision cannot decode JPEGs on {device} here ({why_not}); "
                         "use --jpeg-decoder pillow")
-    log(f"JPEGs are decoded with Pillow: torchvision cannot decode them on {device} here ({why_not})")
-    return "pillow"
+    return "device"
 
 
 def _unreadable_hint(unreadable: list[tuple[str, str]]) -> str:
@@ -382,7 +378,7 @@ def embed_files(todo, weights: Weights, cfg: ExtractConfig, device: torch.device
     dim = backbones.feature_dim(weights)
     pre = weights.preprocess
     dataset = PhotoDataset([p for p, _, _, _ in todo], pre, cfg.resize,
-                           device_jpeg=jpeg_device.uses_device_decoder(cfg.jpeg_decoder, device))
+                           device_jpeg=jpeg_device.uses_device_decoder(cfg.jpeg_decoder))
     batch_size = resolve_batch_size(cfg.batch_size, device)
     workers = cfg.workers if cfg.workers is not None else default_workers(len(todo), batch_size, device)
     # One photo per worker task, batched here: a worker never holds a whole batch (256 JPEGs of

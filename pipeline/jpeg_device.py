@@ -1,12 +1,20 @@
-"""JPEG decoding on the model's device (nvJPEG on a CUDA GPU) for extraction.
+"""JPEG decoding on the model's device (nvJPEG on a CUDA GPU) for extraction,
+`--jpeg-decoder device`.
 
-On a GPU, decoding 12-megapixel JPEGs on the CPU is what keeps the model waiting. With the
-device decoder, a DataLoader worker only reads a file, hashes it and checks (from its
-header) that the device decoder can take it; the main process then decodes the whole batch
-in one `torchvision.io.decode_jpeg(..., device=...)` call, turns each image upright per its
-EXIF orientation and resizes it there. Everything else (PNG, TIFF, CMYK JPEGs, a file over
-the decompression-bomb limit, a JPEG the device decoder rejects) goes through Pillow exactly
-as on the CPU path, so what is unreadable and why stays the same.
+With the device decoder, a DataLoader worker only reads a file, hashes it and checks (from
+its header) that the device decoder can take it; the main process then decodes the batch
+with `torchvision.io.decode_jpeg(..., device=...)`, turns each image upright per its EXIF
+orientation and resizes it there. Everything else (PNG, TIFF, CMYK and progressive JPEGs,
+JPEGs cut short, a file over the decompression-bomb limit, a JPEG the device decoder
+rejects) goes through Pillow exactly as on the CPU path, so what is unreadable and why
+stays the same.
+
+It is not the default (`auto` is Pillow in the workers) until it has been measured on a
+GPU: torchvision decodes baseline JPEGs in batches on the hardware JPEG decoder of A100- and
+H100-class GPUs, but on other GPUs, and for progressive JPEGs anywhere, it decodes one image
+at a time with the Huffman decoding on the host, in the main process; and it always decodes
+at full size, where Pillow decodes a large JPEG at 1/8 of its size, in as many workers as
+there are cores. `benchmarks/gpu_check.sh` measures the two side by side.
 
 The same code runs on the CPU (`--jpeg-decoder device --device cpu`), which is how the
 tests check it on machines without a GPU; there it decodes at full size and is slower than
@@ -58,9 +66,10 @@ class EncodedJPEG:
         return EncodedJPEG(self.data.pin_memory(), self.header)
 
 
-def uses_device_decoder(decoder: str, device: torch.device) -> bool:
-    """auto: on a CUDA GPU; device: wherever the model runs; pillow: never."""
-    return decoder == "device" or (decoder == "auto" and device.type == "cuda")
+def uses_device_decoder(decoder: str) -> bool:
+    """device: JPEGs decoded where the model runs; auto and pillow: by Pillow in the workers
+    (auto may pick the device decoder where a GPU measurement shows it faster; see above)."""
+    return decoder == "device"
 
 
 def works_on(device: torch.device) -> str:
@@ -88,8 +97,10 @@ def probe(data: bytes) -> JPEGHeader | None:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
-                # Only 3-channel YCbCr and greyscale: nvJPEG has no CMYK/YCCK conversion.
-                if im.format != "JPEG" or im.mode not in ("RGB", "L") or not within_pixel_limit(im.size):
+                # Only 3-channel YCbCr and greyscale: nvJPEG has no CMYK/YCCK conversion. Not
+                # progressive: torchvision decodes those one at a time, Huffman on the host.
+                if im.format != "JPEG" or im.mode not in ("RGB", "L") or not within_pixel_limit(im.size) \
+                        or im.info.get("progressive") or im.info.get("progression"):
                     return None
                 return JPEGHeader(exif_orientation(im), im.size[0] * im.size[1])
     except Exception:  # anything odd: Pillow's path gives the reason

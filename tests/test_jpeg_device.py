@@ -18,6 +18,7 @@ from pipeline import jpeg_device as J
 from pipeline import weights as W
 from pipeline.cli import main
 from pipeline.config import ExtractConfig
+from pipeline.errors import UserError
 from pipeline.extract import _Forward, extract_folder, resolve_batch_size, to_network_pixels
 from pipeline.images import open_rgb
 
@@ -83,7 +84,7 @@ def test_probe_leaves_what_the_device_cannot_take_to_pillow(monkeypatch):
     assert J.probe(_jpeg(photo, 6)) == J.JPEGHeader(6, 48 * 80)
     assert J.probe(_jpeg(photo, mode="L")) == J.JPEGHeader(1, 48 * 80)  # greyscale: nvJPEG decodes it to RGB
     assert J.probe(_jpeg(photo, mode="CMYK")) is None
-    assert J.probe(_jpeg(photo, progressive=True)) == J.JPEGHeader(1, 48 * 80)
+    assert J.probe(_jpeg(photo, progressive=True)) is None  # torchvision would decode it alone, on the host
     png = io.BytesIO()
     Image.fromarray(photo).save(png, "PNG")
     assert J.probe(png.getvalue()) is None
@@ -232,20 +233,20 @@ def test_batch_size_auto_and_bad_values(tmp_path, capsys):
         assert err.count("\n") == 1 and flag in err and "auto" in err, err
 
 
-def test_a_torchvision_that_cannot_decode_on_the_device_falls_back_once(tmp_path, capsys, monkeypatch):
+def test_a_torchvision_that_cannot_decode_on_the_device_is_told_once(tmp_path, capsys, monkeypatch):
     from pipeline.extract import resolve_jpeg_decoder
 
     assert J.works_on(CPU) == ""
-    assert resolve_jpeg_decoder(ExtractConfig(jpeg_decoder="device"), CPU, print) == "device"
-    assert resolve_jpeg_decoder(ExtractConfig(), CPU, print) == "pillow"  # auto off CUDA
+    assert resolve_jpeg_decoder(ExtractConfig(jpeg_decoder="device"), CPU) == "device"
+    for device in (CPU, torch.device("cuda")):  # auto is Pillow everywhere until measured on a GPU
+        assert resolve_jpeg_decoder(ExtractConfig(), device) == "pillow"
 
     def no_nvjpeg(data, device):
         raise RuntimeError("torchvision.io.decode_jpeg: not compiled with nvJPEG support")
 
     monkeypatch.setattr(J, "_decode_jpeg", no_nvjpeg)
-    said = []
-    assert resolve_jpeg_decoder(ExtractConfig(), torch.device("cuda"), said.append) == "pillow"
-    assert len(said) == 1 and "not compiled with nvJPEG" in said[0]
+    with pytest.raises(UserError, match="not compiled with nvJPEG"):
+        resolve_jpeg_decoder(ExtractConfig(jpeg_decoder="device"), torch.device("cuda"))
     photos = tmp_path / "p"
     _mixed_folder(photos)
     assert main(["extract", str(photos), "--out", str(tmp_path / "o"), "--jpeg-decoder", "device",
@@ -308,10 +309,14 @@ def test_extract_on_cuda_decodes_jpegs_on_the_gpu(tmp_path):
     photos = tmp_path / "photos"
     _mixed_folder(photos)
     cuda = dict(FAST, device="cuda", workers=2)
-    report = extract_folder(photos, tmp_path / "gpu", ExtractConfig(**cuda), log=lambda m: None, progress=False)
+    report = extract_folder(photos, tmp_path / "gpu", ExtractConfig(jpeg_decoder="device", **cuda), log=lambda m: None,
+                            progress=False)
     assert report.embedded == 7 and report.unreadable == 2
     key = json.loads((tmp_path / "gpu" / "cache_key.json").read_text())
-    assert "nvJPEG" in key["jpeg_decoder"]  # auto on CUDA
+    assert "nvJPEG" in key["jpeg_decoder"]
+    pillow = extract_folder(photos, tmp_path / "gpu-pillow", ExtractConfig(**cuda), log=lambda m: None, progress=False)
+    assert pillow.embedded == 7  # auto: Pillow in the workers, a key without a decoder entry
+    assert "jpeg_decoder" not in json.loads((tmp_path / "gpu-pillow" / "cache_key.json").read_text())
     extract_folder(photos, tmp_path / "cpu", ExtractConfig(jpeg_decoder="device", **FAST), log=lambda m: None,
                    progress=False)
     a, b = np.load(tmp_path / "gpu" / "features.npy"), np.load(tmp_path / "cpu" / "features.npy")
