@@ -196,8 +196,8 @@ def default_workers(n_files: int, batch_size: int, device: torch.device | None =
         return 0  # starting worker processes costs more than it saves
     cores = os.cpu_count() or 2
     if device is not None and device.type == "cuda":
-        # the GPU's model waits on the workers (reading, hashing, decoding what nvJPEG cannot);
-        # the main process keeps a core to decode on the GPU and feed it
+        # the GPU's model waits on the workers (decoding, or with --jpeg-decoder device reading
+        # and hashing); the main process keeps a core to feed the GPU
         return max(1, min(16, cores - 1))
     # On a CPU the workers share the cores with the model: one worker per core, not one fewer,
     # keeps the cores busy while the model waits between its layers (make bench-extract,
@@ -381,8 +381,8 @@ def embed_files(todo, weights: Weights, cfg: ExtractConfig, device: torch.device
                            device_jpeg=jpeg_device.uses_device_decoder(cfg.jpeg_decoder))
     batch_size = resolve_batch_size(cfg.batch_size, device)
     workers = cfg.workers if cfg.workers is not None else default_workers(len(todo), batch_size, device)
-    # One photo per worker task, batched here: a worker never holds a whole batch (256 JPEGs of
-    # 4 MB on a GPU), and about two batches are in flight across the workers.
+    # One photo per worker task, batched here: a worker never holds a whole batch (with the
+    # device decoder, 256 JPEGs of 4 MB on a GPU), and about two batches are in flight.
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                         collate_fn=_collate, worker_init_fn=_worker_init if workers else None,
                         pin_memory=device.type == "cuda",
