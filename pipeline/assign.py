@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import backbones
+from . import backbones, jpeg_device
 from .cache import OK, load_embedded, read_key
 from .cluster import check_current, normalize_features, read_summary
 from .config import ExtractConfig
@@ -137,6 +137,10 @@ def reproduce_embedding(out_dir: Path, cfg: ExtractConfig, weights: str | None =
     for resize in ("crop", "squash"):
         for jpeg_on in (None, device):  # JPEGs decoded by Pillow, or on this device
             if key_here(resize, jpeg_on) == key:
+                if jpeg_on is not None and (why_not := jpeg_device.works_on(device)):
+                    raise UserError(f"the run in {out_dir} decoded its JPEGs on {device}, which this torchvision "
+                                    f"cannot ({why_not}); assign where it can, or run `photoclust extract PHOTOS "
+                                    f"--out {out_dir} --jpeg-decoder pillow` first")
                 return Embedding(loaded, resize, half, device, "pillow" if jpeg_on is None else "device")
     differences = _differences(key, key_here("squash" if "squash" in str(key.get("geometry", "")) else "crop",
                                              device if "jpeg_decoder" in key else None))

@@ -197,7 +197,7 @@ def test_extract_with_the_device_decoder_reads_a_folder_as_pillow_does(tmp_path)
     assert back.decoded == 0 and np.array_equal(np.load(device / "features.npy"), fb, equal_nan=True)
 
 
-def test_assign_embeds_new_photos_with_the_runs_decoder(tmp_path, capsys):
+def test_assign_embeds_new_photos_with_the_runs_decoder(tmp_path, capsys, monkeypatch):
     photos, new, out = tmp_path / "photos", tmp_path / "new", tmp_path / "out"
     _mixed_folder(photos)
     new.mkdir()
@@ -218,6 +218,17 @@ def test_assign_embeds_new_photos_with_the_runs_decoder(tmp_path, capsys):
     _, rows, _ = embed_new(new, out, ExtractConfig(device="cpu", workers=0), embedding, log=lambda m: None,
                            progress=False)
     assert np.array_equal(rows[0], features[manifest.index[manifest.path == "photo_1.jpg"][0]])
+    capsys.readouterr()
+
+    # where torchvision cannot decode on the device, assign says so instead of embedding with Pillow
+    def no_decoder(data, device):
+        raise RuntimeError("not compiled with nvJPEG support")
+
+    monkeypatch.setattr(J, "_decode_jpeg", no_decoder)
+    assert main(["assign", str(new), "--out", str(out), "--device", "cpu", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("photoclust: error: the run in")
+    assert "--jpeg-decoder pillow" in err and "nvJPEG" in err, err
 
 
 def test_batch_size_auto_and_bad_values(tmp_path, capsys):
