@@ -172,7 +172,7 @@ def time_device_decode(paths: list[Path], device, batch_size: int) -> dict:
     """Milliseconds per image of the device decoder alone (bytes already read), batch by batch,
     and of resizing its output to the network's pixels; best of 3 rounds."""
     data = [bytearray(p.read_bytes()) for p in paths]
-    encoded = [jpeg_device.EncodedJPEG(torch.frombuffer(d, dtype=torch.uint8), jpeg_device.probe(d)) for d in data]
+    encoded = [jpeg_device.encode(d) for d in data]
     pre = torchvision_preprocess()  # resize 256, crop 224: what the geometry needs of it
     decode_s, resize_s = [], []
     for _ in range(3):

@@ -117,11 +117,7 @@ def cache_key(weights: Weights, resize: str, precision: str, jpeg_on: torch.devi
 
 def to_network_pixels(image: PIL.Image.Image, pre: Preprocess, resize: str) -> torch.Tensor:
     """RGB image -> uint8 (3, crop, crop) in the weights' geometry."""
-    if resize == "squash":
-        image = TF.resize(image, [pre.crop, pre.crop], antialias=True)
-    else:
-        image = TF.center_crop(TF.resize(image, [pre.resize], antialias=True), [pre.crop, pre.crop])
-    return TF.pil_to_tensor(image)
+    return TF.pil_to_tensor(pre.fit(image, resize))
 
 
 class PhotoDataset(Dataset):
@@ -147,9 +143,9 @@ class PhotoDataset(Dataset):
             except OSError as exc:
                 return index, None, "", f"cannot read: {exc.strerror or exc}"
             sha1 = hashlib.sha1(data).hexdigest()
-            header = jpeg_device.probe(data)
-            if header is not None:
-                return index, jpeg_device.EncodedJPEG(torch.frombuffer(data, dtype=torch.uint8), header), sha1, ""
+            encoded = jpeg_device.encode(data)
+            if encoded is not None:
+                return index, encoded, sha1, ""
         else:
             try:
                 sha1 = file_digest(path, "sha1")
@@ -334,7 +330,7 @@ def _extract(root, out_dir, cfg, scan, files, weights, dim, device, half, embed,
 
 def resolve_jpeg_decoder(cfg: ExtractConfig, device) -> str:
     """pillow or device: what decodes this run's JPEGs (auto: Pillow; see jpeg_device)."""
-    if cfg.executor != "local" or not jpeg_device.uses_device_decoder(cfg.jpeg_decoder):
+    if not jpeg_device.uses_device_decoder(cfg.jpeg_decoder):  # (Ray with device: refused earlier)
         return "pillow"
     why_not = jpeg_device.works_on(device)
     if why_not:

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 from torchvision.io import ImageReadMode
-from torchvision.transforms.v2 import functional as TF
 
 from .images import exif_orientation, within_pixel_limit
 from .weights import Preprocess
@@ -73,8 +72,8 @@ def uses_device_decoder(decoder: str) -> bool:
 
 
 def works_on(device: torch.device) -> str:
-    """An empty string when this torchvision decodes JPEGs on `device`, else why not (a build without
-    nvJPEG, say), so a run can fall back to Pillow in the workers once, not per batch."""
+    """An empty string when this torchvision decodes JPEGs on `device`, else why not (a build
+    without nvJPEG, say), so a run says so before its first batch instead of failing in each."""
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), (200, 40, 40)).save(buf, "JPEG")
     try:
@@ -105,6 +104,13 @@ def probe(data: bytes) -> JPEGHeader | None:
                 return JPEGHeader(exif_orientation(im), im.size[0] * im.size[1])
     except Exception:  # anything odd: Pillow's path gives the reason
         return None
+
+
+def encode(data: bytearray) -> EncodedJPEG | None:
+    """A file's bytes as the device decoder takes them, or None when `probe` leaves the file
+    to Pillow. `data` must be writable (torch.frombuffer shares it, without a copy)."""
+    header = probe(data)
+    return None if header is None else EncodedJPEG(torch.frombuffer(data, dtype=torch.uint8), header)
 
 
 def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -138,11 +144,7 @@ def network_pixels(images: list[torch.Tensor], pre: Preprocess, resize: str) -> 
         for start in range(0, len(same), step):
             indices = same[start:start + step]
             # float for the antialiased resize on every device, rounded back to uint8 like Pillow's output
-            x = torch.stack([images[i] for i in indices]).float()
-            if resize == "squash":
-                x = TF.resize(x, [pre.crop, pre.crop], antialias=True)
-            else:
-                x = TF.center_crop(TF.resize(x, [pre.resize], antialias=True), [pre.crop, pre.crop])
+            x = pre.fit(torch.stack([images[i] for i in indices]).float(), resize)
             pixels = x.round_().clamp_(0, 255).to(torch.uint8)
             for j, i in enumerate(indices):
                 out[i] = pixels[j]

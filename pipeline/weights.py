@@ -67,6 +67,16 @@ class Preprocess:
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return (x * self.scale - mean) / std
 
+    def fit(self, image, resize: str):
+        """A PIL image or a (..., 3, H, W) tensor resized and cropped to the weights' geometry:
+        crop (the shorter side to `self.resize`, then the center `self.crop` square) or squash
+        (straight to crop x crop). Pillow's decode path and the device decoder's both use it."""
+        from torchvision.transforms.v2 import functional as TF
+
+        if resize == "squash":
+            return TF.resize(image, [self.crop, self.crop], antialias=True)
+        return TF.center_crop(TF.resize(image, [self.resize], antialias=True), [self.crop, self.crop])
+
     def describe(self) -> dict:
         return asdict(self)
 

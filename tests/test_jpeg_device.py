@@ -39,9 +39,9 @@ def _jpeg(pixels: np.ndarray, orientation: int = 1, mode: str = "RGB", **save) -
 
 
 def _encoded(data: bytes) -> J.EncodedJPEG:
-    header = J.probe(data)
-    assert header is not None
-    return J.EncodedJPEG(torch.frombuffer(bytearray(data), dtype=torch.uint8), header)
+    encoded = J.encode(bytearray(data))
+    assert encoded is not None
+    return encoded
 
 
 def _cut(data: bytes) -> J.EncodedJPEG:
@@ -128,8 +128,10 @@ def test_many_large_images_of_one_size_are_resized_a_few_at_a_time(monkeypatch):
     whole = J.network_pixels(tensors, pre, "crop")
     monkeypatch.setattr(J, "RESIZE_PIXELS", 2 * 300 * 420)  # two at a time: three calls
     calls = []
-    resize = J.TF.resize
-    monkeypatch.setattr(J.TF, "resize", lambda x, *a, **k: calls.append(len(x)) or resize(x, *a, **k))
+    from torchvision.transforms.v2 import functional as TF
+
+    resize = TF.resize
+    monkeypatch.setattr(TF, "resize", lambda x, *a, **k: calls.append(len(x)) or resize(x, *a, **k))
     parts = J.network_pixels(tensors, pre, "crop")
     assert calls == [2, 2, 1]
     assert all(torch.equal(a, b) for a, b in zip(whole, parts))
