@@ -10,21 +10,49 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import atomic
+from pipeline.extract import native_bf16
+
 BENCH_DIR = Path(__file__).resolve().parents[1] / "outputs" / "bench"
 
 
 def machine() -> dict:
     info = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__}
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_bf16": native_bf16(torch.device("cpu")), "cpu_amx": "amx_bf16" in cpu_flags()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
 
 
+def _cpuinfo_field(name: str) -> str:
+    """The first `name` line of /proc/cpuinfo ("" where there is none, as off Linux). Only a
+    record of what made the figures: the program's own choices ask torch, never this."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_model() -> str:
+    return _cpuinfo_field("model name") or platform.processor()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (AMX, the bf16 units change extraction's speed several times)."""
+    return set(_cpuinfo_field("flags").split())
+
+
 def write_result(name: str, result: dict) -> Path:
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     path = BENCH_DIR / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n")
+    atomic.write_text(path, json.dumps({"machine": machine(), **result}, indent=2) + "\n")
     return path
 
 

@@ -41,3 +41,16 @@ def test_agreement_names_its_comparison():
     a = rng.standard_normal((40, 8)).astype(np.float32)
     same = B.agreement(a, a.copy(), k=2, name="ari_pillow_vs_device")
     assert same["cosine_min"] > 0.9999 and set(same["ari_pillow_vs_device"].values()) == {1.0}
+
+
+def test_every_step_of_one_image_is_timed(tmp_path, monkeypatch):
+    from pipeline import backbones
+
+    monkeypatch.setattr(B, "LARGE_SIZE", (320, 240))
+    B.make_large_jpegs(tmp_path / "large", sorted(SAMPLE.rglob("*.jpg"))[:2], 2)
+    weights = backbones.resolve("vgg16", "random", log=lambda m: None)
+    model = backbones.build(weights)
+    split = B.time_split(sorted((tmp_path / "large").iterdir()), model, weights, torch.device("cpu"),
+                         None, "crop", batch_size=2)
+    assert list(split) == ["hash_ms", "decode_ms", "resize_ms", "forward_ms", "write_ms"]
+    assert split["forward_ms"] > 0 and split["decode_ms"] > 0 and split["hash_ms"] >= 0
