@@ -70,8 +70,8 @@ def autocast_dtype(precision: str, device: torch.device,
                    log: Callable[[str], None] = print) -> torch.dtype | None:
     """The autocast dtype of the model's forward pass, or None for full float32.
 
-    auto: bf16 where the device computes it natively (about 2x the images per second of
-    float32 on an AVX512-BF16 CPU, cosine >= 0.999 to the float32 embedding), fp16 on a
+    auto: bf16 where the device computes it natively (VGG16: about 2x the images per second
+    of float32 on an AVX512-BF16 CPU, 4x with AMX; cosine >= 0.999 to the float32 embedding), fp16 on a
     CUDA GPU without bf16, float32 elsewhere. bf16 on a device without native support is
     honoured (the same numbers, emulated) with a warning that it will be slow.
     """
