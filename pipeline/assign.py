@@ -164,7 +164,9 @@ def embed_new(folder: Path, out_dir: Path, cfg: ExtractConfig, embedding: Embedd
         log(f"skipping {skipped}: {why}")
     if not scan.images and not scan.unreadable:
         raise UserError(f"NEW_PHOTOS {folder}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
-                        "check the folder")
+                        f"check the folder{scan.not_read_hint()}")
+    for note in scan.not_read_notes():
+        log(note)
     unreadable = list(scan.unreadable)
     todo = []
     for rel in scan.images:

@@ -48,9 +48,11 @@ class ExtractReport:
     device: str = ""
     cache_key_id: str = ""
     unreadable_files: list[tuple[str, str]] = field(default_factory=list)
+    not_read: int = 0  # photos in a format this installation cannot decode (RAW, HEIC without pillow-heif)
 
     def summary(self) -> str:
-        return f"{self.embedded} embedded, {self.unreadable} unreadable (see manifest.csv)"
+        not_read = f", {self.not_read} in formats not read (see the 'not read' lines above)" if self.not_read else ""
+        return f"{self.embedded} embedded, {self.unreadable} unreadable (see manifest.csv){not_read}"
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -239,7 +241,9 @@ def extract_folder(root: Path, out_dir: Path, cfg: ExtractConfig, *, seed: int =
     files = scan.images
     if not files:
         raise UserError(f"no images found under {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
-                        f"check the folder{_unreadable_hint(scan.unreadable)}")
+                        f"check the folder{_unreadable_hint(scan.unreadable)}{scan.not_read_hint()}")
+    for note in scan.not_read_notes():
+        log(note)
 
     weights = backbones.resolve(cfg.model, cfg.weights, seed=seed, log=log)
     dim = backbones.feature_dim(weights)
@@ -269,7 +273,8 @@ def _extract(root, out_dir, cfg, scan, files, weights, dim, device, half, embed,
     jpeg_on = device if cfg.jpeg_decoder == "device" else None
     key = cache_key(weights, cfg.resize, precision_name(half), jpeg_on)
     activate_key(out_dir, key)
-    report = ExtractReport(weights_id=weights.id, device=str(device), cache_key_id=key_id(key))
+    report = ExtractReport(weights_id=weights.id, device=str(device), cache_key_id=key_id(key),
+                           not_read=len(scan.not_read))
 
     current = [(root / rel, rel) for rel in files]
     committed_entries, committed_rows = _committed_cache(out_dir, log, dim)

@@ -18,11 +18,15 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .layout import EXPORT_MARKER, LEGACY_OUTPUT_MARKER, OUTPUT_MARKER
 
-_BASE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+_BASE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff",
+                               ".gif"})
+_HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
+_AVIF_EXTENSIONS = frozenset({".avif"})
 
 
 def _register_heif() -> frozenset[str]:
@@ -32,11 +36,40 @@ def _register_heif() -> frozenset[str]:
     except ImportError:
         return frozenset()
     register_heif_opener()
-    return frozenset({".heic", ".heif"})
+    return _HEIF_EXTENSIONS
+
+
+def _avif() -> frozenset[str]:
+    """AVIF where this Pillow was built with it (its wheels are, from Pillow 11.2)."""
+    from PIL import features
+
+    return _AVIF_EXTENSIONS if features.check("avif") else frozenset()
 
 
 # Module import runs once per process, so the opener is registered once.
-IMAGE_EXTENSIONS: frozenset[str] = _BASE_EXTENSIONS | _register_heif()
+IMAGE_EXTENSIONS: frozenset[str] = _BASE_EXTENSIONS | _register_heif() | _avif()
+
+# Photos in formats this installation cannot decode. A walk lists them (Scan.not_read) and
+# the stages say so, rather than passing over a phone's HEIC photos or a camera's RAW
+# files without a word. Each value: the kind of file, and what to do about it.
+_CAMERA_RAW = ("camera RAW file", "photoclust does not decode RAW: embed the camera's JPEGs (shoot RAW+JPEG) "
+               "or export the RAW files to JPEG or TIFF")
+_RAW_EXTENSIONS = (".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf",
+                   ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".rwl", ".erf", ".mef", ".mos", ".kdc", ".dcr")
+
+
+def not_read_kinds(readable: frozenset[str]) -> dict[str, tuple[str, str]]:
+    """extension -> (kind of file, what to do) for the photos a walk finds but cannot decode,
+    given the extensions this installation reads."""
+    heif = ("HEIC photo", "install pillow-heif to read them (pip install pillow-heif, or "
+                          "pip install 'photoclust[heif]'; make install does)")
+    avif = ("AVIF image", f"this Pillow ({PIL.__version__}) was built without AVIF: upgrade Pillow to 11.2 or later")
+    return {**{ext: _CAMERA_RAW for ext in _RAW_EXTENSIONS},
+            **{ext: heif for ext in _HEIF_EXTENSIONS - readable},
+            **{ext: avif for ext in _AVIF_EXTENSIONS - readable}}
+
+
+_NOT_READ_KINDS = not_read_kinds(IMAGE_EXTENSIONS)
 
 _EXIF_ORIENTATION = 0x0112
 _ROTATING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # these swap width and height
@@ -77,11 +110,29 @@ class Scan:
                 cannot be opened is in `images`: decoding records why it failed.
     skipped     (folder, why) for the folders not entered: photoclust output and export
                 folders and the caller's excluded folders (no trailing "/")
+    not_read    photos in a format this installation cannot decode (camera RAW; HEIC
+                without pillow-heif); `not_read_notes` says what to do about them
     """
 
     images: list[str] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    not_read: list[str] = field(default_factory=list)
+
+    def not_read_notes(self) -> list[str]:
+        """One line per kind of photo that was not read: how many, a few of them, what to do."""
+        by_kind: dict[tuple[str, str], list[str]] = {}
+        for rel in self.not_read:
+            by_kind.setdefault(_NOT_READ_KINDS[os.path.splitext(rel)[1].lower()], []).append(rel)
+        notes = []
+        for (kind, advice), paths in by_kind.items():
+            shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+            notes.append(f"not read: {len(paths)} {kind}{'s' if len(paths) != 1 else ''} ({shown}): {advice}")
+        return notes
+
+    def not_read_hint(self) -> str:
+        """The notes as the tail of a one-line error ("; not read: ..."), "" when there are none."""
+        return "".join(f"; {note}" for note in self.not_read_notes())
 
 
 def find_images(root: Path) -> list[Path]:
@@ -112,6 +163,7 @@ def scan_images(root: Path, exclude: Iterable[Path] = ()) -> Scan:
     scan.images.sort()
     scan.unreadable.sort()
     scan.skipped.sort()
+    scan.not_read.sort()
     return scan
 
 
@@ -176,6 +228,8 @@ def _walk(root: Path, excluded: set[tuple[int, int]]) -> Scan:
                     else:
                         subdirs.append((entry.path, rel + "/"))
                 elif not _is_image_name(entry.name):
+                    if os.path.splitext(entry.name)[1].lower() in _NOT_READ_KINDS and entry.is_file():
+                        scan.not_read.append(rel)
                     continue
                 elif entry.is_file():
                     scan.images.append(rel)

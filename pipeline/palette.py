@@ -322,6 +322,8 @@ def palette_run(target: Path, out: Path, *, k: int = DEFAULT_K, loss: str = DEFA
     for rel, reason in scan.unreadable:
         report.unreadable.append((rel, reason))
         log(f"cannot read {rel}: {reason}; left out")
+    for note in scan.not_read_notes():
+        log(note)
     tally = ColourTally()
     done: list[str] = []
     bar = tqdm(scan.images, unit="photo", desc="palettes", disable=None if progress is None else not progress,

@@ -96,6 +96,8 @@ def _folder_split(folder: Path, exclude: list[Path], log: Callable[[str], None])
     scan = scan_images(folder, exclude=exclude)
     for rel, reason in scan.unreadable:
         log(f"cannot read {rel}: {reason}; left out")
+    for note in scan.not_read_notes():
+        log(note)
     images, names = [], []
     for rel in scan.images:
         try:

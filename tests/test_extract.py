@@ -195,6 +195,54 @@ def test_cli_extract_prints_the_summary(tmp_path, capsys):
     assert "not be semantic" in captured.err  # the random-weights warning is loud
 
 
+def test_phone_and_web_formats_are_embedded_as_the_same_photo(tmp_path):
+    """HEIC (phones; pillow-heif, which make install installs), AVIF and .jfif are read like
+    the JPEG they were made from: the embeddings agree closely."""
+    from pipeline.images import IMAGE_EXTENSIONS
+
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    source = REPO / "data" / "sample" / "birds" / "pelican.jpg"
+    with Image.open(source) as im:
+        rgb = im.convert("RGB")
+    (photos / "pelican.jpg").write_bytes(source.read_bytes())
+    (photos / "pelican.jfif").write_bytes(source.read_bytes())
+    made = ["pelican.jfif", "pelican.jpg"]
+    for ext in (".avif", ".heic"):
+        if ext in IMAGE_EXTENSIONS:  # .heic: where pillow-heif is installed; .avif: Pillow 11.2 and later
+            rgb.save(photos / f"pelican{ext}", quality=90)
+            made.append(f"pelican{ext}")
+    assert len(made) == 4 or ".heic" not in IMAGE_EXTENSIONS
+    report = run(photos, out)
+    assert (report.embedded, report.unreadable, report.not_read) == (len(made), 0, 0)
+    rows, features = manifest_rows(out), np.load(out / "features.npy")
+    by_path = {r["path"]: features[i] for i, r in enumerate(rows)}
+    assert sorted(by_path) == sorted(made)
+    reference = by_path["pelican.jpg"]
+    for name in made:
+        cosine = by_path[name] @ reference / np.linalg.norm(by_path[name]) / np.linalg.norm(reference)
+        assert cosine > 0.99, (name, cosine)
+    assert np.array_equal(by_path["pelican.jfif"], reference)
+
+
+def test_raw_files_are_named_not_passed_over(tmp_path, capsys):
+    make_photos(tmp_path / "shoot", 2)
+    for name in ("IMG_0001.CR2", "IMG_0002.NEF"):
+        (tmp_path / "shoot" / name).write_bytes(b"II*\x00 raw sensor data")
+    args = ["--weights", "random", "--device", "cpu", "--workers", "0"]
+    assert main(["extract", str(tmp_path / "shoot"), "--out", str(tmp_path / "o"), *args]) == 0
+    captured = capsys.readouterr()
+    assert "not read: 2 camera RAW files (IMG_0001.CR2, IMG_0002.NEF): " in captured.err
+    assert "2 embedded, 0 unreadable (see manifest.csv), 2 in formats not read" in captured.out
+    assert [r["path"] for r in manifest_rows(tmp_path / "o")] == ["a/img_01.jpg", "b/img_00.png"]
+
+    (tmp_path / "raw_only").mkdir()
+    (tmp_path / "raw_only" / "DSC_0001.ARW").write_bytes(b"raw")
+    assert main(["extract", str(tmp_path / "raw_only"), "--out", str(tmp_path / "o2"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no images found" in err and "1 camera RAW file (DSC_0001.ARW)" in err
+
+
 def test_default_workers_one_per_core_on_a_cpu_one_fewer_on_a_gpu(monkeypatch):
     from pipeline.extract import default_workers
 

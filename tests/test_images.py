@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import IMAGE_EXTENSIONS, UnreadableImage, find_images, open_rgb, thumbnail
+from pipeline.images import IMAGE_EXTENSIONS, UnreadableImage, find_images, open_rgb, scan_images, thumbnail
 
 from conftest import needs_permission_bits
 
@@ -327,8 +327,8 @@ def _relative(root: Path, found: list[Path]) -> list[str]:
 
 
 def test_extensions() -> None:
-    base = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-    assert base <= IMAGE_EXTENSIONS and IMAGE_EXTENSIONS <= base | {".heic", ".heif"}
+    base = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+    assert base <= IMAGE_EXTENSIONS and IMAGE_EXTENSIONS <= base | {".heic", ".heif", ".avif"}
     assert all(e == e.lower() for e in IMAGE_EXTENSIONS)
     assert isinstance(IMAGE_EXTENSIONS, frozenset)
 
@@ -428,3 +428,33 @@ def test_find_images_lists_each_folder_once_and_stats_no_file(tmp_path: Path, mo
     assert calls["scandir"] == 11  # the root and its ten folders, each listed once
     assert calls["stat"] <= 4 * 11  # a few per folder (is it ours? an export?), none per file
     assert calls["open"] == 0
+
+
+def test_photos_in_formats_it_cannot_decode_are_listed_with_what_to_do(tmp_path: Path) -> None:
+    for rel in ["a.jpg", "IMG_0001.CR2", "raw/IMG_0002.nef", "raw/IMG_0003.dng", "raw/IMG_0004.ARW",
+                "notes.txt", ".hidden.cr2", "raw/.IMG_0005.nef"]:
+        _touch(tmp_path / rel)
+    (tmp_path / "folder.nef").mkdir()  # a folder named like a RAW file is walked, not listed
+    _touch(tmp_path / "folder.nef" / "inside.jpg")
+    scan = scan_images(tmp_path)
+    assert scan.images == ["a.jpg", "folder.nef/inside.jpg"]
+    assert scan.not_read == ["IMG_0001.CR2", "raw/IMG_0002.nef", "raw/IMG_0003.dng", "raw/IMG_0004.ARW"]
+    assert scan.unreadable == []
+    [note] = scan.not_read_notes()
+    assert note.startswith("not read: 4 camera RAW files (IMG_0001.CR2, raw/IMG_0002.nef, raw/IMG_0003.dng and 1 more)")
+    assert "export the RAW files to JPEG" in note
+
+
+def test_heic_without_pillow_heif_is_listed_with_the_install_line(tmp_path: Path, monkeypatch) -> None:
+    from pipeline import images
+
+    readable = images.IMAGE_EXTENSIONS - {".heic", ".heif"}
+    monkeypatch.setattr(images, "IMAGE_EXTENSIONS", readable)
+    monkeypatch.setattr(images, "_NOT_READ_KINDS", images.not_read_kinds(readable))
+    for rel in ["IMG_1.HEIC", "IMG_2.heic", "IMG_3.JPG", "IMG_3.CR3"]:
+        _touch(tmp_path / rel)
+    scan = scan_images(tmp_path)
+    assert scan.images == ["IMG_3.JPG"] and scan.not_read == ["IMG_1.HEIC", "IMG_2.heic", "IMG_3.CR3"]
+    heic, raw = scan.not_read_notes()  # in the order of their first file
+    assert heic.startswith("not read: 2 HEIC photos (IMG_1.HEIC, IMG_2.heic): install pillow-heif")
+    assert raw.startswith("not read: 1 camera RAW file (IMG_3.CR3): ")

@@ -147,12 +147,14 @@ def test_a_folder_gives_each_photo_its_palette_and_the_folder_the_summed_counts(
     for rel, (colours, sizes) in pictures.items():
         flat_picture(photos / rel, colours, np.array(sizes))
     (photos / "sub" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    (photos / "sub" / "d.NEF").write_bytes(b"II*\x00 raw")
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in photos.rglob("*") if p.is_file()}
     out = tmp_path / "pal"
     assert main(["palette", str(photos), "--out", str(out)]) == 0
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "sub/broken.jpg" in lines[0], lines
+    assert len(lines) == 2 and "sub/broken.jpg" in lines[1], lines
+    assert lines[0].startswith("not read: 1 camera RAW file (sub/d.NEF): ")
     layout = PaletteLayout(out)
     per_photo = {}
     for rel, (colours, sizes) in pictures.items():
