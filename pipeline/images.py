@@ -54,6 +54,7 @@ IMAGE_EXTENSIONS: frozenset[str] = _BASE_EXTENSIONS | _register_heif() | _avif()
 # files without a word. Each value: the kind of file, and what to do about it.
 _CAMERA_RAW = ("camera RAW file", "photoclust does not decode RAW: embed the camera's JPEGs (shoot RAW+JPEG) "
                "or export the RAW files to JPEG or TIFF")
+_TWIN = "each has a photo of the same name beside it (the camera's or phone's JPEG), which is read"
 _RAW_EXTENSIONS = (".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf",
                    ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".rwl", ".erf", ".mef", ".mos", ".kdc", ".dcr")
 
@@ -120,10 +121,17 @@ class Scan:
     not_read: list[str] = field(default_factory=list)
 
     def not_read_notes(self) -> list[str]:
-        """One line per kind of photo that was not read: how many, a few of them, what to do."""
+        """One line per kind of photo that was not read: how many, a few of them, what to do.
+        A file with a readable photo of the same name beside it (a camera's RAW+JPEG pair, a
+        phone's HEIC exported as JPEG) is that photo's twin: its line says so instead."""
+        readable = {os.path.splitext(rel)[0].lower() for rel in self.images}
         by_kind: dict[tuple[str, str], list[str]] = {}
         for rel in self.not_read:
-            by_kind.setdefault(_NOT_READ_KINDS[os.path.splitext(rel)[1].lower()], []).append(rel)
+            stem, ext = os.path.splitext(rel)
+            kind = _NOT_READ_KINDS[ext.lower()]
+            if stem.lower() in readable:
+                kind = (kind[0], _TWIN)
+            by_kind.setdefault(kind, []).append(rel)
         notes = []
         for (kind, advice), paths in by_kind.items():
             shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")

@@ -458,3 +458,15 @@ def test_heic_without_pillow_heif_is_listed_with_the_install_line(tmp_path: Path
     heic, raw = scan.not_read_notes()  # in the order of their first file
     assert heic.startswith("not read: 2 HEIC photos (IMG_1.HEIC, IMG_2.heic): install pillow-heif")
     assert raw.startswith("not read: 1 camera RAW file (IMG_3.CR3): ")
+
+
+def test_a_raw_file_beside_its_jpeg_is_named_as_its_twin(tmp_path: Path) -> None:
+    for rel in ["DSC_0001.JPG", "DSC_0001.NEF", "DSC_0002.jpg", "DSC_0002.nef", "DSC_0003.NEF",
+                "day2/DSC_0004.NEF", "DSC_0004.JPG"]:  # the last RAW's JPEG is in another folder
+        _touch(tmp_path / rel)
+    scan = scan_images(tmp_path)
+    twins, alone = scan.not_read_notes()
+    assert twins == ("not read: 2 camera RAW files (DSC_0001.NEF, DSC_0002.nef): each has a photo of the "
+                     "same name beside it (the camera's or phone's JPEG), which is read")
+    assert alone.startswith("not read: 2 camera RAW files (DSC_0003.NEF, day2/DSC_0004.NEF): "
+                            "photoclust does not decode RAW")
