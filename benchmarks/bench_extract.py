@@ -123,6 +123,33 @@ def by_workers(photos: Path, out: Path, cfg, rounds: int = 2) -> dict:
     return {"cores": cores, "images_per_s": rates, "images_per_s_middle_third": middles}
 
 
+def core_split(photos: Path, out: Path, cfg, rounds: int = 2) -> dict:
+    """Images per second end to end with the model's threads chosen against decoding's cost
+    (extract.split_cores, the default) and on every thread, alternated `rounds` times."""
+    from pipeline import extract
+
+    chosen: list[int] = []
+    rates: dict[str, list[float]] = {"chosen": [], "every_thread": []}
+    middles: dict[str, list[float | None]] = {"chosen": [], "every_thread": []}
+
+    def measuring(*args, **kwargs):
+        chosen.append(split(*args, **kwargs))
+        return chosen[-1]
+
+    split = extract.split_cores
+    try:
+        for r in range(rounds):
+            for mode in rates:
+                extract.split_cores = measuring if mode == "chosen" else (lambda *a, **k: torch.get_num_threads())
+                timing = timed_extract(photos, out.with_name(f"{out.name}-{mode}-{r}"), cfg)
+                rates[mode].append(timing["images_per_s"])
+                middles[mode].append(timing["images_per_s_middle_third"])
+    finally:
+        extract.split_cores = split
+    return {"threads": torch.get_num_threads(), "model_threads_chosen": sorted(set(chosen)),
+            "images_per_s": rates, "images_per_s_middle_third": middles}
+
+
 def bare_forward(model, weights, device, half, batch_size: int, n: int, repeats: int = 3) -> float:
     """Images per second of the model alone: random pixels, same batch size and normalisation;
     the best of `repeats` rounds of n images (on a shared machine the others' load only slows)."""
@@ -325,6 +352,9 @@ def main() -> None:
             if device.type == "cpu":  # the split between decoding workers and the model
                 case["by_workers"] = by_workers(large, Path(tmp) / f"large-workers-{name}", replace(cfg, precision="auto"))
                 print(f"{name}, large JPEGs by decoding workers: {case['by_workers']}", flush=True)
+                case["core_split"] = core_split(large, Path(tmp) / f"large-split-{name}", replace(cfg, precision="auto"))
+                print(f"{name}, large JPEGs, the model's threads chosen against decoding or all: "
+                      f"{case['core_split']}", flush=True)
             # the device decoder alone (nvJPEG on CUDA; on a CPU the same code, for comparison)
             case["device_decoder_alone"] = time_device_decode(
                 sorted(large.iterdir())[:2 * batch if device.type == "cuda" else 8], device, batch)

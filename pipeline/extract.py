@@ -31,6 +31,7 @@ from .config import ExtractConfig
 from .errors import UserError
 from .images import IMAGE_EXTENSIONS, UnreadableImage, open_rgb, scan_images
 from .kmeans import resolve_device
+from .threads import model_threads, torch_threads
 from .weights import Preprocess, Weights
 
 MODEL_ID = backbones.REGISTRY["vgg16"].model_id  # "torchvision.vgg16.features+global_avg_pool"
@@ -391,8 +392,10 @@ def embed_files(todo, weights: Weights, cfg: ExtractConfig, device: torch.device
     forward = _Forward(model, half, log)
     # progress=None lets tqdm decide: a bar on a terminal, silence in a log file.
     bar_off = None if progress is None else not progress
+    with torch.inference_mode():  # before the workers start, so they do not disturb it
+        threads = split_cores(dataset, model, half, device, workers, batch_size, log)
     with tqdm(total=len(todo), unit="img", desc=desc, disable=bar_off, dynamic_ncols=True) as bar, \
-            torch.inference_mode():
+            torch.inference_mode(), torch_threads(threads):
         for items in _batches(loader, batch_size):
             pixels, reasons = _batch_pixels(items, dataset, device)
             rows = np.full((len(items), dim), np.nan, dtype=np.float32)
@@ -423,6 +426,45 @@ def _batch_pixels(items, dataset: PhotoDataset, device: torch.device) -> tuple[l
         else:
             pixels[j] = px
     return pixels, reasons
+
+
+SPLIT_MIN_BATCHES = 8  # the measurement costs up to a second: only for runs long enough to repay it
+SPLIT_SAMPLES = 3  # photos decoded to measure decoding: the first, the middle and the last
+SPLIT_PROBE_BATCH = 4
+SPLIT_DECODE_FLOOR_MS = 10.0  # decoding cheaper than this never sets the pace (small photos)
+
+
+def split_cores(dataset: PhotoDataset, model: torch.nn.Module, half: torch.dtype | None, device: torch.device,
+                workers: int, batch_size: int, log: Callable[[str], None] = print) -> int:
+    """torch threads for the model's forward while the decoding workers share the CPU
+    (threads.model_threads), from one photo's decoding and one forward timed here, before
+    the workers start: on a CPU, with workers, more than one thread and at least
+    SPLIT_MIN_BATCHES batches; else every thread. The features do not depend on it: oneDNN
+    gives the same numbers on one thread as on two (tests/test_extract.py checks)."""
+    cores = torch.get_num_threads()
+    n = len(dataset)
+    if device.type != "cpu" or workers == 0 or cores < 2 or n < SPLIT_MIN_BATCHES * batch_size:
+        return cores
+    picks = sorted({round(i * (n - 1) / (SPLIT_SAMPLES - 1)) for i in range(SPLIT_SAMPLES)})
+    started = time.thread_time()
+    for i in picks:
+        dataset[i]
+    decode_ms = 1000 * (time.thread_time() - started) / len(picks)
+    if decode_ms < SPLIT_DECODE_FLOOR_MS:
+        return cores
+    pre = dataset.pre
+    pixels = torch.randint(0, 256, (SPLIT_PROBE_BATCH, 3, pre.crop, pre.crop), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    x = pre.normalize(pixels)
+    embed_batch(model, x, half)  # oneDNN makes its kernels on the first call
+    started = time.perf_counter()
+    embed_batch(model, x, half)
+    forward_ms = 1000 * (time.perf_counter() - started) / SPLIT_PROBE_BATCH * cores
+    threads = model_threads(cores, forward_ms, decode_ms)
+    if threads < cores:
+        log(f"decoding takes {decode_ms:.0f} ms of a core a photo and the model {forward_ms:.0f}: the model runs on "
+            f"{threads} of {cores} threads, so that the {workers} decoding workers keep it fed")
+    return threads
 
 
 class _Forward:

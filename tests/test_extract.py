@@ -252,3 +252,68 @@ def test_default_workers_one_per_core_on_a_cpu_one_fewer_on_a_gpu(monkeypatch):
         assert default_workers(100, 16, cpu) == on_cpu, cores
         assert default_workers(100, 16, cuda) == on_gpu, cores
         assert default_workers(16, 16, cpu) == 0  # one batch: no worker processes to start
+
+
+def test_the_model_gets_fewer_threads_only_when_decoding_sets_the_pace():
+    from pipeline.threads import model_threads
+
+    # 2 cores, as measured on 12 MP JPEGs (40 ms of decoding a photo): EfficientNet-Lite0's
+    # 14 ms forward runs on one thread, VGG16's 57 ms on both; small photos never split
+    assert model_threads(2, forward_ms=14, decode_ms=40) == 1
+    assert model_threads(2, forward_ms=57, decode_ms=40) == 2
+    assert model_threads(2, forward_ms=20, decode_ms=40) == 1  # the edge: half of decoding's time
+    assert model_threads(2, forward_ms=21, decode_ms=40) == 2
+    assert model_threads(2, forward_ms=14, decode_ms=3) == 2
+    assert model_threads(8, forward_ms=14, decode_ms=40) == 4  # its share, decoding counted at half, rounded up
+    assert model_threads(8, forward_ms=1, decode_ms=400) == 1
+    assert model_threads(1, forward_ms=1, decode_ms=400) == 1
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs two torch threads to give the model fewer")
+def test_a_model_on_fewer_threads_gives_the_same_features_and_threads_come_back(tmp_path, monkeypatch):
+    import pipeline.extract as E
+
+    photos = tmp_path / "photos"
+    make_photos(photos, 8)
+    cfg = ExtractConfig(weights="random", batch_size=2, workers=1, device="cpu")
+    threads = torch.get_num_threads()
+    seen: list[int] = []
+    embed = E.embed_batch
+    monkeypatch.setattr(E, "embed_batch", lambda *a: (seen.append(torch.get_num_threads()), embed(*a))[1])
+
+    monkeypatch.setattr(E, "split_cores", lambda *a, **k: torch.get_num_threads())
+    run(photos, tmp_path / "every", cfg)
+    assert set(seen) == {threads}
+    monkeypatch.undo()
+
+    measured = {}
+    monkeypatch.setattr(E, "SPLIT_MIN_BATCHES", 1)
+    monkeypatch.setattr(E, "SPLIT_DECODE_FLOOR_MS", 0.0)
+    monkeypatch.setattr(E, "model_threads", lambda cores, forward_ms, decode_ms: measured.update(
+        cores=cores, forward_ms=forward_ms, decode_ms=decode_ms) or 1)
+    seen.clear()
+    monkeypatch.setattr(E, "embed_batch", lambda *a: (seen.append(torch.get_num_threads()), embed(*a))[1])
+    logged: list[str] = []
+    extract_folder(photos, tmp_path / "split", cfg, log=logged.append, progress=False)
+    assert measured["cores"] == threads and measured["forward_ms"] > 0 and measured["decode_ms"] > 0
+    assert seen[:2] == [threads, threads] and set(seen[2:]) == {1}  # the two timing calls, then the batches
+    assert any(f"the model runs on 1 of {threads} threads" in line for line in logged)
+    assert torch.get_num_threads() == threads
+    # oneDNN computes the same numbers on one thread as on two: the split never changes a feature
+    assert np.array_equal(np.load(tmp_path / "split" / "features.npy"), np.load(tmp_path / "every" / "features.npy"))
+
+
+def test_short_runs_and_runs_without_workers_keep_every_thread(tmp_path, monkeypatch):
+    import pipeline.extract as E
+
+    photos = make_photos(tmp_path / "photos", 4)
+    w = load_random(0)
+    dataset = E.PhotoDataset(photos, w.preprocess, "crop")
+    model = E.backbones.build(w)
+    monkeypatch.setattr(E, "model_threads", lambda *a: pytest.fail("nothing to measure"))
+    threads = torch.get_num_threads()
+    cpu = torch.device("cpu")
+    assert E.split_cores(dataset, model, None, cpu, workers=2, batch_size=1) == threads  # 4 photos < 8 batches
+    monkeypatch.setattr(E, "SPLIT_MIN_BATCHES", 1)
+    assert E.split_cores(dataset, model, None, cpu, workers=0, batch_size=1) == threads
+    assert E.split_cores(dataset, model, None, cpu, workers=2, batch_size=1) == threads  # small photos decode fast
