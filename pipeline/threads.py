@@ -1,4 +1,5 @@
-"""Thread limits for work made of many small steps.
+"""Thread limits for work made of many small steps, and the model's share of the CPU
+during extraction (`model_threads`).
 
 The engine's small fits, the colour commands and the patch search's blocks are many small
 operations, where torch's (and OpenBLAS's) worker threads cost more in synchronisation than
