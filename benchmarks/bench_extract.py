@@ -240,7 +240,8 @@ def time_split(paths: list[Path], model, weights, device, half, resize: str, bat
     t3 = time.perf_counter()
     n = len(paths)
     write_s = time_writing(paths, backbones.feature_dim(weights), batch_size)
-    return {"hash_ms": round(1000 * (t0 - started) / n, 1), "decode_ms": round(1000 * (t1 - t0) / n, 1), "resize_ms": round(1000 * (t2 - t1) / n, 1),
+    return {"hash_ms": round(1000 * (t0 - started) / n, 1), "decode_ms": round(1000 * (t1 - t0) / n, 1),
+            "resize_ms": round(1000 * (t2 - t1) / n, 1),
             "forward_ms": round(1000 * (t3 - t2) / n, 1), "write_ms": round(1000 * write_s / n, 2)}
 
 

@@ -437,7 +437,7 @@ SPLIT_DECODE_FLOOR_MS = 10.0  # decoding cheaper than this never sets the pace (
 def split_cores(dataset: PhotoDataset, model: torch.nn.Module, half: torch.dtype | None, device: torch.device,
                 workers: int, batch_size: int, log: Callable[[str], None] = print) -> int:
     """torch threads for the model's forward while the decoding workers share the CPU
-    (threads.model_threads), from one photo's decoding and one forward timed here, before
+    (threads.model_threads), from three photos decoded and one forward timed here, before
     the workers start: on a CPU, with workers, more than one thread and at least
     SPLIT_MIN_BATCHES batches; else every thread. The features do not depend on it: oneDNN
     gives the same numbers on one thread as on two (tests/test_extract.py checks)."""
