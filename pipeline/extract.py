@@ -140,20 +140,18 @@ class PhotoDataset(Dataset):
 
     def __getitem__(self, index: int):
         path = self.paths[index]
-        if self.device_jpeg:
-            try:
+        data = None  # the file's bytes, read whole only for the device decoder
+        try:
+            if self.device_jpeg:
                 data = _read_all(path)
-            except OSError as exc:
-                return index, None, "", f"cannot read: {exc.strerror or exc}"
-            sha1 = hashlib.sha1(data).hexdigest()
-            encoded = jpeg_device.encode(data)
-            if encoded is not None:
-                return index, encoded, sha1, ""
-        else:
-            try:
+                sha1 = hashlib.sha1(data).hexdigest()
+            else:
                 sha1 = file_digest(path, "sha1")
-            except OSError as exc:
-                return index, None, "", f"cannot read: {exc.strerror or exc}"
+        except OSError as exc:
+            return index, None, "", f"cannot read: {exc.strerror or exc}"
+        encoded = jpeg_device.encode(data) if data is not None else None
+        if encoded is not None:
+            return index, encoded, sha1, ""
         pixels, reason = self.pillow_pixels(path)
         return index, pixels, sha1, reason
 

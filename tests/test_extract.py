@@ -279,8 +279,12 @@ def test_a_model_on_fewer_threads_gives_the_same_features_and_threads_come_back(
     threads = torch.get_num_threads()
     seen: list[int] = []
     embed = E.embed_batch
-    monkeypatch.setattr(E, "embed_batch", lambda *a: (seen.append(torch.get_num_threads()), embed(*a))[1])
 
+    def embed_counting_threads(*args):
+        seen.append(torch.get_num_threads())
+        return embed(*args)
+
+    monkeypatch.setattr(E, "embed_batch", embed_counting_threads)
     monkeypatch.setattr(E, "split_cores", lambda *a, **k: torch.get_num_threads())
     run(photos, tmp_path / "every", cfg)
     assert set(seen) == {threads}
@@ -292,7 +296,7 @@ def test_a_model_on_fewer_threads_gives_the_same_features_and_threads_come_back(
     monkeypatch.setattr(E, "model_threads", lambda cores, forward_ms, decode_ms: measured.update(
         cores=cores, forward_ms=forward_ms, decode_ms=decode_ms) or 1)
     seen.clear()
-    monkeypatch.setattr(E, "embed_batch", lambda *a: (seen.append(torch.get_num_threads()), embed(*a))[1])
+    monkeypatch.setattr(E, "embed_batch", embed_counting_threads)
     logged: list[str] = []
     extract_folder(photos, tmp_path / "split", cfg, log=logged.append, progress=False)
     assert measured["cores"] == threads and measured["forward_ms"] > 0 and measured["decode_ms"] > 0
